@@ -1,0 +1,101 @@
+"""Exercise checks for the notebooks.
+
+Each check recomputes the right answer from the data it is given (never a
+stored number), prints whether the learner's answer is right, and prints a
+hint - never raises - when the answer is missing (``None`` or ``...``) or
+wrong.  ``solution(name)`` prints a worked solution.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from helpers.patching import PatchResult
+
+__all__ = ["check_normalised_score", "check_peak_position", "check_top_head", "check_direction_word",
+           "solution", "SOLUTIONS"]
+
+SOLUTIONS = {
+    "normalised_score": "score = (patched - corrupted) / (clean - corrupted): subtract the corrupted "
+                        "baseline, divide by the full clean-corrupted gap.",
+    "peak_position": "r = patch_residual(model, pairs); score = r.score(); row = score[layer]; "
+                     "the answer is r.labels['position'][int(row.argmax())].",
+    "top_head": "r = patch_heads(model, pairs); s = r.score(); l, h = divmod(int(s.argmax()), "
+                "s.shape[1]); the answer is (l, h).",
+    "direction_word": "Denoising patches clean activations into the corrupted run (sufficiency); "
+                      "noising patches corrupted activations into the clean run (necessity).",
+}
+
+
+def _missing(answer: Any) -> bool:
+    return answer is None or answer is Ellipsis
+
+
+def _report(ok: bool, hint: str) -> bool:
+    print("Correct!" if ok else f"Not yet. Hint: {hint}")
+    return ok
+
+
+def check_normalised_score(answer: Any, patched: float, clean: float, corrupted: float) -> bool:
+    """Is ``answer`` the normalised score of ``patched`` between the two baselines?"""
+    hint = "0 should mean 'as bad as the corrupted run' and 1 'as good as the clean run'."
+    if _missing(answer):
+        return _report(False, hint)
+    truth = (patched - corrupted) / (clean - corrupted)
+    try:
+        ok = math.isclose(float(answer), truth, rel_tol=1e-3, abs_tol=1e-3)
+    except (TypeError, ValueError):
+        ok = False
+    return _report(ok, hint)
+
+
+def check_peak_position(answer: Any, result: PatchResult, layer: int) -> bool:
+    """Is ``answer`` (a role such as "S2", a position index, or a label) where row
+    ``layer`` of a layer x position result peaks?"""
+    hint = (f"look at row {result.labels['layer'][layer]!r} of the heatmap: which column is "
+            "darkest blue? Answer with its role (e.g. 'END') or its index.")
+    if _missing(answer):
+        return _report(False, hint)
+    row = _grid(result)[layer]
+    best = int(row.argmax())
+    role_at = {p: r for r, p in result.prompts.positions.items()}
+    ok = answer in (best, result.labels["position"][best], role_at.get(best, object()))
+    return _report(ok, hint)
+
+
+def check_top_head(answer: Any, result: PatchResult) -> bool:
+    """Is ``answer`` = (layer, head) the head with the largest score?"""
+    hint = "find the darkest blue cell of the layer x head heatmap; answer (layer, head)."
+    if _missing(answer):
+        return _report(False, hint)
+    grid = _grid(result)
+    best = divmod(int(grid.argmax()), grid.shape[1])
+    try:
+        ok = tuple(int(x) for x in answer) == best
+    except (TypeError, ValueError):
+        ok = False
+    return _report(ok, hint)
+
+
+def check_direction_word(answer: Any, question: str = "sufficiency") -> bool:
+    """Which direction tests ``question`` ("sufficiency" or "necessity")?"""
+    truth = {"sufficiency": "denoise", "necessity": "noise"}[question]
+    hint = "which run do you start from, and what do you patch in?"
+    if _missing(answer):
+        return _report(False, hint)
+    ok = str(answer).strip().lower().rstrip("ing").rstrip("e") == truth.rstrip("e")
+    return _report(ok, hint)
+
+
+def _grid(result: PatchResult) -> torch.Tensor:
+    try:
+        return result.score()
+    except ValueError:
+        return result.mean()
+
+
+def solution(name: str) -> None:
+    """Print the worked solution of an exercise."""
+    print(SOLUTIONS.get(name, f"no exercise {name!r}; known: {', '.join(SOLUTIONS)}"))

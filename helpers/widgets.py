@@ -1,0 +1,129 @@
+"""ipywidgets explorers built on the sweeps and plots.
+
+Only core widgets (``Text``, ``Dropdown``, ``ToggleButtons``, ``IntSlider``,
+``Output``, boxes) so they work on ipywidgets 7 (Colab) and 8.  Each explorer
+returns the widget; displaying it is the notebook's job.  Results are cached
+per (prompt, site, direction), so moving a slider only redraws.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import matplotlib.pyplot as plt
+
+from helpers.models import model_facts
+from helpers.observe import attention_patterns
+from helpers.patching import PatchResult, patch_attn_out, patch_heads, patch_mlp_out, patch_residual
+from helpers.plotting import plot_attention, plot_patching
+from helpers.prompts import PromptError, pairs_from_prompt
+
+__all__ = ["position_explorer", "head_explorer"]
+
+_SWEEPS: dict[str, Callable[..., PatchResult]] = {
+    "residual stream": patch_residual, "attention output": patch_attn_out, "MLP output": patch_mlp_out}
+
+
+def _metric_kw(normalise: bool) -> dict:
+    return {"normalise": normalise}
+
+
+def position_explorer(model: Any, prompt: str, normalise: bool = True) -> Any:
+    """Type a prompt, pick the site and the direction, slide through layers.
+
+    The top figure is the layer x position heatmap (the selected layer boxed),
+    the bottom one that layer's row as bars.  Errors in the prompt (unknown
+    words, no IOI roles) are printed, not raised.
+    """
+    import ipywidgets as w
+
+    f = model_facts(model)
+    text = w.Text(value=prompt, description="prompt", layout=w.Layout(width="95%"))
+    site = w.Dropdown(options=list(_SWEEPS), value="residual stream", description="site")
+    direction = w.ToggleButtons(options=["denoise", "noise"], value="denoise", description="direction")
+    layer = w.IntSlider(value=0, min=0, max=f.n_layers, description="layer row")
+    out = w.Output()
+    cache: dict[tuple, Any] = {}
+
+    def result() -> PatchResult:
+        key = (text.value, site.value, direction.value)
+        if key not in cache:
+            pairs = pairs_from_prompt(model.tokenizer, text.value)
+            cache[key] = _SWEEPS[site.value](model, pairs, direction.value, progress=False)
+        return cache[key]
+
+    def redraw(*_: Any) -> None:
+        out.clear_output(wait=True)
+        with out:
+            try:
+                r = result()
+            except (PromptError, ValueError) as err:
+                print(f"Cannot patch this prompt: {err}")
+                return
+            layer.max = len(r.labels["layer"]) - 1
+            row = min(layer.value, layer.max)
+            fig, (top, bottom) = plt.subplots(2, 1, figsize=(min(14, 3 + 0.6 * r.shape[1]), 6.5),
+                                              gridspec_kw={"height_ratios": [3, 1.4]})
+            try:
+                plot_patching(r, ax=top, normalise=normalise)
+                values = r.score()[row] if normalise else r.mean()[row]
+            except ValueError:
+                plot_patching(r, ax=top, normalise=False)
+                values = r.mean()[row]
+            top.add_patch(plt.Rectangle((0, row), r.shape[1], 1, fill=False, lw=2, ec="black"))
+            bottom.bar(range(r.shape[1]), values.double().numpy(), color="tab:blue")
+            bottom.set_xticks(range(r.shape[1]), r.labels["position"], rotation=60, fontsize=8)
+            bottom.axhline(0, color="black", lw=0.8)
+            bottom.set_title(f"row {r.labels['layer'][row]}", fontsize=9)
+            fig.tight_layout()
+            plt.show()
+
+    for control in (text, site, direction, layer):
+        control.observe(redraw, names="value")
+    redraw()
+    return w.VBox([text, w.HBox([site, direction]), layer, out])
+
+
+def head_explorer(model: Any, prompt: str) -> Any:
+    """Pick a layer and a head: its attention pattern on the prompt, next to the
+    head-patching scores of that layer (denoising, all positions)."""
+    import ipywidgets as w
+
+    f = model_facts(model)
+    text = w.Text(value=prompt, description="prompt", layout=w.Layout(width="95%"))
+    layer = w.IntSlider(value=f.n_layers - 1, min=0, max=f.n_layers - 1, description="layer")
+    head = w.Dropdown(options=list(range(f.n_heads)), value=0, description="head")
+    out = w.Output()
+    cache: dict[str, Any] = {}
+
+    def redraw(*_: Any) -> None:
+        out.clear_output(wait=True)
+        with out:
+            try:
+                if text.value not in cache:
+                    pairs = pairs_from_prompt(model.tokenizer, text.value)
+                    cache[text.value] = (pairs, patch_heads(model, pairs, progress=False))
+                pairs, heads = cache[text.value]
+            except (PromptError, ValueError) as err:
+                print(f"Cannot patch this prompt: {err}")
+                return
+            pattern = attention_patterns(model, pairs.clean_ids, layer.value)[0, head.value]
+            fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5),
+                                              gridspec_kw={"width_ratios": [1, 1.6]})
+            try:
+                scores, label = heads.score()[layer.value], "normalised logit_diff"
+            except ValueError:
+                scores, label = heads.mean()[layer.value], "mean logit_diff"
+            colours = ["tab:orange" if h == head.value else "tab:blue" for h in range(f.n_heads)]
+            left.bar(range(f.n_heads), scores.double().numpy(), color=colours)
+            left.set_xticks(range(f.n_heads), [f"{layer.value}.{h}" for h in range(f.n_heads)])
+            left.axhline(0, color="black", lw=0.8)
+            left.set_ylabel(label)
+            left.set_title(f"denoising each head of layer {layer.value}", fontsize=10)
+            plot_attention(pattern, pairs.position_labels, ax=right,
+                           title=f"head {layer.value}.{head.value} attention (clean prompt)")
+            plt.show()
+
+    for control in (text, layer, head):
+        control.observe(redraw, names="value")
+    redraw()
+    return w.VBox([text, w.HBox([layer, head]), out])

@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""Execute the tutorial notebooks headlessly with papermill.
+
+Runs every ``notebooks/[0-9]*.ipynb`` in sorted order, each in a fresh kernel whose working
+directory is ``notebooks/`` (as under nbval, so relative paths behave the same), and writes the
+executed copies to ``outputs/executed/<name>.ipynb``. Prints each notebook's wall time and a
+final table; exits 1 if any notebook failed.
+
+Parameters (papermill style) go to every notebook, but only to notebooks whose cell tagged
+``parameters`` assigns that name; the others skip it (papermill would otherwise add it to
+a notebook that ignores it). Examples::
+
+    python scripts/run_notebooks.py
+    python scripts/run_notebooks.py --only 03
+    python scripts/run_notebooks.py -p n_prompts 8 -r model openai-community/gpt2
+    python scripts/run_notebooks.py --list
+
+``-p NAME VALUE`` converts VALUE like papermill does (True/False/None, int, float, else a
+string), except that a notebook whose default for NAME is a string gets VALUE as a string and
+one whose default is a float gets a float. ``-r NAME VALUE`` always passes a string.
+
+Run it with the project's interpreter (``.venv/bin/python``, as ``scripts/run_all.sh`` does):
+the kernel is the ``python3`` kernel of that environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import fnmatch
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = ROOT / "notebooks"
+DEFAULT_OUTPUT_DIR = ROOT / "outputs" / "executed"
+_UNKNOWN = object()  # a parameter whose default is not a literal
+
+
+# --------------------------------------------------------------------------- parameters
+def resolve_value(text: str) -> Any:
+    """Convert a command-line value the way papermill's ``-p`` does."""
+    if text == "True":
+        return True
+    if text == "False":
+        return False
+    if text == "None":
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parameters_cell_defaults(nb_path: Path) -> dict[str, Any] | None:
+    """Names assigned at top level of the cell tagged ``parameters``, with their literal defaults.
+
+    Returns None if the notebook has no such cell.
+    """
+    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        if "parameters" not in cell.get("metadata", {}).get("tags", []):
+            continue
+        source = cell.get("source", "")
+        if isinstance(source, list):
+            source = "".join(source)
+        # Drop IPython magics / shell lines so the rest still parses.
+        lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!"))]
+        try:
+            tree = ast.parse("\n".join(lines))
+        except SyntaxError as exc:
+            raise SystemExit(f"{nb_path.name}: cannot parse its parameters cell: {exc}") from exc
+        defaults: dict[str, Any] = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign):
+                targets, value = node.targets, node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                targets, value = [node.target], node.value
+            else:
+                continue
+            for target in targets:
+                names = target.elts if isinstance(target, (ast.Tuple, ast.List)) else [target]
+                for name in names:
+                    if isinstance(name, ast.Name):
+                        try:
+                            defaults[name.id] = ast.literal_eval(value) if len(names) == 1 else _UNKNOWN
+                        except (ValueError, SyntaxError, TypeError):
+                            defaults[name.id] = _UNKNOWN
+        return defaults
+    return None
+
+
+def parameters_for(
+    defaults: dict[str, Any] | None,
+    typed: list[tuple[str, str]],
+    raw: list[tuple[str, str]],
+) -> tuple[dict[str, Any], list[str]]:
+    """The parameters to inject into one notebook, and the names skipped."""
+    chosen: dict[str, Any] = {}
+    skipped: list[str] = []
+    requests = [(n, v, False) for n, v in typed] + [(n, v, True) for n, v in raw]
+    for name, text, is_raw in requests:
+        if defaults is None or name not in defaults:
+            if name not in skipped:
+                skipped.append(name)
+            continue
+        default = defaults[name]
+        if is_raw or isinstance(default, str):
+            value: Any = text
+        else:
+            value = resolve_value(text)
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+        chosen[name] = value
+    return chosen, skipped
+
+
+# --------------------------------------------------------------------------- notebooks
+def find_notebooks(only: list[str]) -> list[Path]:
+    notebooks = sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
+    if only:
+        notebooks = [
+            nb for nb in notebooks
+            if any(fnmatch.fnmatch(nb.name, pat) or pat in nb.name for pat in only)
+        ]
+    return notebooks
+
+
+def check_kernel(kernel_name: str) -> str:
+    """Describe which interpreter the kernel will run; warn if it is not this environment's."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        raise SystemExit(
+            f"error: no Jupyter kernel named {kernel_name!r} is visible to {sys.executable}. "
+            "Install ipykernel in this environment (bash scripts/setup.sh does)."
+        )
+    exe = spec.argv[0] if spec.argv else "?"
+    py = f"python{sys.version_info[0]}"
+    if exe in {"python", py, f"{py}.{sys.version_info[1]}"}:
+        return f"{kernel_name} -> {sys.executable} ({spec.resource_dir})"
+    if Path(exe).resolve() != Path(sys.executable).resolve():
+        print(
+            f"warning: kernel {kernel_name!r} runs {exe} (from {spec.resource_dir}), "
+            f"not this interpreter ({sys.executable}); the notebooks may not see this "
+            "environment's packages. Remove that kernelspec, set JUPYTER_PREFER_ENV_PATH=1, "
+            "or pass --kernel.",
+            file=sys.stderr,
+        )
+    return f"{kernel_name} -> {exe} ({spec.resource_dir})"
+
+
+@dataclass
+class Result:
+    name: str
+    status: str = "not run"
+    seconds: float = 0.0
+    parameters: dict[str, Any] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    output: Path | None = None
+    error: str = ""
+
+
+def run_one(nb: Path, out: Path, parameters: dict[str, Any], args) -> Result:
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    result = Result(nb.name, parameters=parameters, output=out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(nb),
+            str(out),
+            parameters=parameters,
+            kernel_name=args.kernel,
+            language="python",
+            cwd=str(NOTEBOOK_DIR),
+            progress_bar=args.progress,
+            log_output=args.log_output,
+            execution_timeout=args.timeout,
+            start_timeout=120,
+        )
+        result.status = "ok"
+    except PapermillExecutionError as exc:
+        result.status = "FAILED"
+        result.error = f"cell {exc.cell_index} (In [{exc.exec_count}]): {exc.ename}: {exc.evalue}"
+    except KeyboardInterrupt:
+        result.status = "interrupted"
+        raise
+    except Exception as exc:  # kernel died, timeout, bad notebook...
+        result.status = "FAILED"
+        result.error = f"{type(exc).__name__}: {exc}"
+        if args.verbose:
+            traceback.print_exc()
+    finally:
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+def print_table(results: list[Result], total: float) -> None:
+    rows = [("notebook", "status", "wall time", "parameters")]
+    for r in results:
+        params = ", ".join(f"{k}={v!r}" for k, v in r.parameters.items()) or "-"
+        rows.append((r.name, r.status, f"{r.seconds:.1f} s", params))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    print()
+    for i, row in enumerate(rows):
+        print("  ".join(cell.ljust(widths[j]) if j < 3 else cell for j, cell in enumerate(row)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths) + "  " + "-" * 10)
+    failed = [r for r in results if r.status != "ok"]
+    for r in failed:
+        if r.error:
+            print(f"\n{r.name}: {r.error}")
+    print(f"\ntotal wall time {total:.1f} s; executed notebooks in {display(results)}")
+    print(f"notebooks: {len(results) - len(failed)} passed, {len(failed)} failed")
+
+
+def display(results: list[Result]) -> str:
+    outs = {str(r.output.parent) for r in results if r.output is not None}
+    return ", ".join(sorted(outs)) or "-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Execute notebooks/[0-9]*.ipynb with papermill into outputs/executed/.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("-p", "--parameters", nargs=2, action="append", default=[],
+                        metavar=("NAME", "VALUE"), help="parameter, typed like papermill's -p")
+    parser.add_argument("-r", "--parameters-raw", nargs=2, action="append", default=[],
+                        metavar=("NAME", "VALUE"), help="parameter passed as a string")
+    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                        help="run only notebooks whose name contains PATTERN or matches it as a "
+                             "glob (repeatable)")
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
+                        help="where executed copies go (default: outputs/executed)")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="per-cell timeout in seconds (default: none)")
+    parser.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
+    parser.add_argument("--log-output", action="store_true", help="stream cell outputs")
+    parser.add_argument("--progress", action="store_true", help="show papermill's progress bar")
+    parser.add_argument("--list", action="store_true",
+                        help="list the notebooks and their parameters, run nothing")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+
+    all_notebooks = sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
+    if not all_notebooks:
+        print(f"no notebooks found ({NOTEBOOK_DIR.relative_to(ROOT)}/[0-9]*.ipynb): nothing to run.")
+        return 0
+    notebooks = find_notebooks(args.only)
+    if not notebooks:
+        print(f"error: no notebook matches --only {' '.join(args.only)}; there are: "
+              + ", ".join(nb.name for nb in all_notebooks), file=sys.stderr)
+        return 2
+
+    plans = []
+    for nb in notebooks:
+        defaults = parameters_cell_defaults(nb)
+        params, skipped = parameters_for(defaults, args.parameters, args.parameters_raw)
+        plans.append((nb, defaults, params, skipped))
+
+    if args.list:
+        for nb, defaults, _, _ in plans:
+            if defaults is None:
+                print(f"{nb.name}: no cell tagged 'parameters'")
+            else:
+                shown = ", ".join(f"{k}={'?' if v is _UNKNOWN else repr(v)}" for k, v in defaults.items())
+                print(f"{nb.name}: {shown or '(empty parameters cell)'}")
+        return 0
+
+    print(f"python: {sys.executable}")
+    print(f"kernel: {check_kernel(args.kernel)}")
+    print(f"cwd for the kernels: {NOTEBOOK_DIR}")
+    output_dir = args.output_dir.resolve()
+    results: list[Result] = []
+    total_start = time.perf_counter()
+    try:
+        for i, (nb, defaults, params, skipped) in enumerate(plans, 1):
+            note = ""
+            if params:
+                note += " with " + ", ".join(f"{k}={v!r}" for k, v in params.items())
+            if skipped:
+                why = "no parameters cell" if defaults is None else "not in its parameters cell"
+                note += f" (skipping {', '.join(skipped)}: {why})"
+            print(f"[{i}/{len(plans)}] {nb.name}{note} ...", flush=True)
+            result = run_one(nb, output_dir / nb.name, params, args)
+            result.skipped = skipped
+            results.append(result)
+            print(f"[{i}/{len(plans)}] {nb.name}: {result.status} in {result.seconds:.1f} s"
+                  + (f" -- {result.error}" if result.error else ""), flush=True)
+            if result.status != "ok" and args.fail_fast:
+                break
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        results.append(Result(plans[len(results)][0].name, status="interrupted"))
+    print_table(results, time.perf_counter() - total_start)
+    ok = len(results) == len(plans) and all(r.status == "ok" for r in results)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtualenv .venv/ and install PatchLab into it with the
+# tested versions:  python3 -m venv .venv  +  pip install -c constraints.txt -e ".[test]".
+# Works from any directory. Registers nothing globally (no Jupyter kernel, no user config).
+# Skips the install when the stamp .venv/.patchlab-installed is newer than pyproject.toml and
+# constraints.txt and the package layout (which helpers/**/__init__.py exist) is unchanged:
+# setuptools' editable install records at install time whether `helpers` is a regular or a
+# namespace package, so a stale record would hide helpers/__init__.py when importing from
+# another folder (e.g. a kernel running in notebooks/). PATCHLAB_FORCE_SETUP=1 reinstalls. PYTHON picks the
+# interpreter used to create the venv (default: python3; it must be >= 3.11).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+VENV="$ROOT/.venv"
+VPY="$VENV/bin/python"
+STAMP="$VENV/.patchlab-installed"
+PYTHON="${PYTHON:-python3}"
+
+say() { echo "[setup] $*"; }
+
+layout() { find helpers -name __init__.py 2>/dev/null | LC_ALL=C sort | tr '\n' ' '; }
+
+if [[ "${PATCHLAB_FORCE_SETUP:-0}" != "1" && -x "$VPY" && -f "$STAMP" \
+      && "$STAMP" -nt pyproject.toml && "$STAMP" -nt constraints.txt \
+      && "$(cat "$STAMP")" == "layout: $(layout)" ]]; then
+    say "$VENV is up to date (stamp newer than pyproject.toml and constraints.txt); nothing to do."
+    exit 0
+fi
+
+start=$SECONDS
+
+if [[ ! -x "$VPY" ]]; then
+    if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+        say "error: $PYTHON is $("$PYTHON" --version 2>&1); PatchLab needs Python >= 3.11 (set PYTHON=...)." >&2
+        exit 1
+    fi
+    say "creating virtualenv $VENV with $("$PYTHON" --version 2>&1) ($(command -v "$PYTHON"))"
+    "$PYTHON" -m venv "$VENV"
+else
+    say "using existing virtualenv $VENV ($("$VPY" --version 2>&1))"
+fi
+
+rm -f "$STAMP"
+say "installing: $VPY -m pip install -c constraints.txt -e \".[test]\""
+"$VPY" -m pip install --disable-pip-version-check --progress-bar off -c constraints.txt -e ".[test]"
+
+say "checking the install"
+"$VPY" - <<'PY'
+import importlib.metadata as md
+names = ["patchlab", "torch", "nnsight", "transformers", "nbval", "papermill", "ipykernel"]
+print("[setup] " + ", ".join(f"{n} {md.version(n)}" for n in names))
+PY
+
+echo "layout: $(layout)" > "$STAMP"
+say "done in $((SECONDS - start)) s. Activate with: source .venv/bin/activate"

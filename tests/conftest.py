@@ -1,0 +1,107 @@
+"""Test-wide settings and shared fixtures.
+
+At import (before torch / transformers are imported anywhere in the test run):
+* every hub access is switched off (no machine here can download models);
+* torch uses one thread per process: ``scripts/test.sh`` runs two pytest-xdist workers on a
+  2-core machine, and one thread also makes results bit-reproducible. Jupyter kernels started
+  by the tests (papermill, nbval) inherit ``OMP_NUM_THREADS=1`` / ``MKL_NUM_THREADS=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+for _name, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ[_name] = _value
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS_DIR = Path(__file__).resolve().parent
+
+# `import standin` (and other helper modules in tests/) works whatever pytest's import mode.
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository's root folder (the one holding pyproject.toml)."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def gpt2_standin_dir(tmp_path_factory) -> Path:
+    """A saved, randomly initialised GPT-2 small (124M) with GPT-2's real tokenizer, seed 0.
+
+    Built once per session; under pytest-xdist each worker builds its own copy in its own
+    temporary folder (about 10 s and 0.5 GB of disk each). Load it offline with
+    ``GPT2LMHeadModel.from_pretrained(path)`` / ``nnsight.TransformersModel(str(path))``.
+    """
+    from standin import build_gpt2_standin
+
+    return build_gpt2_standin(tmp_path_factory.mktemp("gpt2-standin") / "gpt2-small", seed=0)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Keep every cell of a notebook in one pytest-xdist group, and mark nbval cells.
+
+    nbval starts one kernel per notebook and runs its cells in order, so all cells of a
+    notebook must go to the same worker. ``scripts/test.sh`` uses ``--dist loadgroup``; this
+    gives each notebook's cells an ``xdist_group`` named after the notebook (it must run before
+    xdist's own hook, hence ``tryfirst``). nbval cells are also marked ``notebooks``.
+    """
+    for item in items:
+        if type(item).__module__.startswith("nbval"):
+            item.add_marker(pytest.mark.notebooks)
+            item.add_marker(pytest.mark.xdist_group(f"nbval:{item.path.name}"))
+
+
+# --------------------------------------------------------------------------- models
+
+@pytest.fixture(scope="session")
+def bundled():
+    """The bundled IOI model (float32), loaded offline."""
+    import helpers
+
+    return helpers.load_model("ioi-tiny")
+
+
+@pytest.fixture(scope="session")
+def bundled64():
+    """The bundled IOI model in float64, for comparisons at 1e-5."""
+    import helpers
+
+    return helpers.load_model("ioi-tiny", dtype="float64")
+
+
+@pytest.fixture(scope="session")
+def bundled_plain64():
+    """The bundled model as a plain transformers model (no nnsight), float64: for the
+    independent hook-based reference."""
+    from transformers import GPT2LMHeadModel
+
+    from helpers.organism import BUNDLED_MODELS
+
+    return GPT2LMHeadModel.from_pretrained(BUNDLED_MODELS["ioi-tiny"], dtype=torch.float64).eval()
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    """GPT-2's real tokenizer, built from the files in tests/fixtures/gpt2-tokenizer."""
+    from standin import build_gpt2_tokenizer
+
+    return build_gpt2_tokenizer()
