@@ -1,19 +1,30 @@
 """PatchLab helpers: the plumbing behind the activation-patching notebooks.
 
-Modules, one concern each:
+One module per concern:
 
-* ``helpers.models``   - ``load_model`` (bundled model, hub id, local folder), ``model_facts``
-* ``helpers.prompts``  - IOI templates, roles, corruptions, validated prompt pairs
-* ``helpers.metrics``  - logit difference, probability, KL, normalised score
-* ``helpers.patching`` - the sweeps (denoising / noising) and their labelled results
+* ``helpers.models``    - ``load_model`` (bundled model, hub id, local folder), ``model_facts``
+* ``helpers.prompts``   - IOI templates, roles, corruptions, validated prompt pairs
+* ``helpers.metrics``   - logit difference, probability, KL, normalised score
+* ``helpers.patching``  - the sweeps (denoising / noising) and their labelled results
+* ``helpers.fastpatch`` - the exact fast path the sweeps use by default
+* ``helpers.observe``   - predictions, task accuracy, attention patterns
+* ``helpers.plotting``  - heatmaps, bar charts, attention plots
+* ``helpers.widgets``   - ipywidgets explorers
+* ``helpers.checks``    - exercise checks for the notebooks
+* ``helpers.notebook``  - notebook setup, output folder, JSON results, reproducibility stamp
 """
+from helpers import checks, notebook
 from helpers.metrics import (GapTooSmallError, answer_prob, kl_to_clean, logit_diff,
                              mean_and_sem, normalised)
 from helpers.models import DEFAULT_MODEL, ModelLoadError, load_model, model_facts
+from helpers.observe import attention_patterns, encode, ioi_accuracy, top_predictions
 from helpers.patching import (Patch, PatchResult, baselines, cache_activations, patch_attn_out,
                               patch_components, patch_heads, patch_mlp_out, patch_residual,
                               run_with_patches, sweep)
+from helpers.plotting import plot_attention, plot_head_positions, plot_patching, plot_sets
 from helpers.prompts import (NAMES, TEMPLATES, PromptError, PromptPairs, check_in_vocabulary,
-                             ioi_pairs, make_pairs, pairs_from_prompt, single_token_id)
+                             ioi_pairs, make_pairs, pairs_from_prompt, random_ioi_prompts,
+                             single_token_id)
+from helpers.widgets import head_explorer, position_explorer
 
 __version__ = "0.1.0"

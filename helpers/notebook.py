@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["in_colab", "setup", "output_dir", "save_json", "stamp", "repo_root"]
+__all__ = ["in_colab", "setup", "output_dir", "save_json", "stamp", "repo_root", "check_versions"]
 
 
 def in_colab() -> bool:
@@ -93,8 +93,37 @@ def stamp(model_name: str, seed: int, start: float) -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = "not installed"
-    info = {"python": platform.python_version(), **versions, "model": model_name, "seed": seed,
+    shown = Path(model_name).name if Path(str(model_name)).is_dir() else model_name
+    info = {"python": platform.python_version(), **versions, "model": shown, "seed": seed,
             "runtime_s": round(time.time() - start, 1)}
     for k, v in info.items():
         print(f"{k:>13}: {v}")
     return info
+
+
+MINIMUM = {"torch": "2.2", "nnsight": "0.8", "transformers": "5.0"}
+
+
+def check_versions() -> None:
+    """Print one line with the versions in use; raise if a dependency is older than
+    PatchLab supports (older nnsight/transformers change module outputs silently)."""
+    import importlib.metadata as md
+
+    found = {}
+    for pkg, low in MINIMUM.items():
+        have = md.version(pkg)
+        if _version_tuple(have) < _version_tuple(low):
+            raise RuntimeError(f"{pkg} {have} is too old: PatchLab needs {pkg}>={low} "
+                               f"(pip install -U '{pkg}>={low}')")
+        found[pkg] = have
+    from helpers import __version__
+
+    print(f"PatchLab {__version__} ready: " + ", ".join(f"{k} {v}" for k, v in found.items()))
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
