@@ -171,12 +171,14 @@ def cache_activations(model: Any, ids: torch.Tensor, sites: Iterable[tuple[str, 
 
 def run_with_patches(model: Any, ids: torch.Tensor, source: dict[tuple[str, int], torch.Tensor],
                      patch_sets: Sequence[Sequence[Patch]], source_rows: torch.Tensor | None = None,
-                     ) -> torch.Tensor:
+                     all_logits: bool = False) -> torch.Tensor:
     """One traced forward pass over ``len(patch_sets)`` rows: row r runs ``ids[r]``
     with every patch in ``patch_sets[r]`` taken from ``source[...][source_rows[r]]``.
 
     ``ids``: ``[rows, seq]``; ``source``: as returned by ``cache_activations``.
-    Returns the last position's logits, ``[rows, vocab]``.
+    Returns the last position's logits, ``[rows, vocab]``.  ``all_logits=True``
+    lets the model compute the logits of every position, as a plain forward pass
+    does (the textbook loop), and keeps the last.
     """
     facts = model_facts(model)
     rows = len(patch_sets)
@@ -204,7 +206,8 @@ def run_with_patches(model: Any, ids: torch.Tensor, source: dict[tuple[str, int]
         else:
             value = value[s_t, p_t]
         plans.append((key, r_t, p_t, h_t, value))
-    with torch.no_grad(), model.trace(ids.to(facts.device), logits_to_keep=1, use_cache=False):
+    keep = {} if all_logits else {"logits_to_keep": 1, "use_cache": False}
+    with torch.no_grad(), model.trace(ids.to(facts.device), **keep):
         for (site, layer), r_t, p_t, h_t, value in plans:
             mod, kind = _module(model, site, layer)
             act = _read(mod, kind).clone()
@@ -377,7 +380,8 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
           direction: Direction = "denoise", *, dims: tuple[str, ...] = ("set",),
           labels: dict[str, list[str]] | None = None, site: str = "set",
           method: Literal["fast", "batched", "loop"] = "fast", memory_mb: float = DEFAULT_MEMORY_MB,
-          batch_size: int | None = None, progress: bool | None = None) -> PatchResult:
+          batch_size: int | None = None, progress: bool | None = None,
+          metrics: Sequence[str] = METRICS) -> PatchResult:
     """Patch each set in ``patch_sets`` (jointly within a set), for every prompt pair.
 
     The result's values have shape ``[n_prompts, *shape]`` where ``shape`` is
@@ -387,12 +391,21 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
     * ``"fast"`` (default): start each patched run at its first patched layer and
       position from the cached unpatched run (``helpers.fastpatch``);
     * ``"batched"``: many whole patched forward passes per nnsight trace;
-    * ``"loop"``: the textbook loop, one traced forward pass per patch set.
+    * ``"loop"``: the textbook loop, one plain traced forward pass per patch set
+      (no shortcut at all: every position, all logits).
 
     ``batch_size`` (rows per forward) defaults to what fits in ``memory_mb``.
+    ``metrics`` chooses which patched values are computed; ``("logit_diff",)``
+    lets the fast path compute just the two logits it needs (the baselines
+    always carry every metric).
     """
     _check_direction(direction)
     _check_pairs(model, pairs)
+    if method not in ("fast", "batched", "loop"):
+        raise ValueError(f"method must be 'fast', 'batched' or 'loop', got {method!r}")
+    if not metrics or set(metrics) - set(METRICS):
+        raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {metrics!r}")
+    metrics = tuple(m for m in METRICS if m in metrics)
     facts = model_facts(model)
     n, seq = len(pairs), pairs.seq_len
     for patches in patch_sets:
@@ -402,8 +415,11 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
     base_ids = pairs.corrupted_ids if direction == "denoise" else pairs.clean_ids
     src_ids = pairs.clean_ids if direction == "denoise" else pairs.corrupted_ids
     needed = {(p.site, p.layer) for s in patch_sets for p in s}
+    if method == "fast" and not supports_fast_path(model):
+        method = "batched"
     source, src_logits = cache_activations(model, src_ids, needed)
-    _, base_logits = cache_activations(model, base_ids, [])
+    base_cache = cache_base_run(model, base_ids) if method == "fast" else None
+    base_logits = base_cache.logits if base_cache else cache_activations(model, base_ids, [])[1]
     clean_logits = src_logits if direction == "denoise" else base_logits
     rows_all = torch.arange(n, device=clean_logits.device)
     clean_m = _metrics(clean_logits, pairs, clean_logits, rows_all)
@@ -415,31 +431,34 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
     live = [k for k, s in enumerate(patch_sets)
             if any(p.position is None or p.position % seq >= first for p in s)]
     k_total = len(patch_sets)
-    values = {m: base_m[m][:, None].repeat(1, k_total).clone() for m in METRICS}
+    values = {m: base_m[m][:, None].repeat(1, k_total).clone() for m in metrics}
+    two_logits = metrics == ("logit_diff",)
+    answer_pairs = torch.stack([pairs.answer_ids, pairs.distractor_ids], 1)
     jobs = [(i, k) for k in live for i in range(n)]  # (pair, patch set)
-    if method == "fast" and not supports_fast_path(model):
-        method = "batched"
-    if method == "loop":
-        chunks = [[(i, k) for i in range(n)] for k in live]
-    elif method in ("batched", "fast"):
+    if method == "loop":  # the textbook loop: every patch, one plain forward each
+        jobs = [(i, k) for k in range(k_total) for i in range(n)]
+        chunks = [[(i, k) for i in range(n)] for k in range(k_total)]
+    else:
         size = batch_size or _rows_per_chunk(model, seq, memory_mb)
         chunks = [jobs[j: j + size] for j in range(0, len(jobs), size)]
-    else:
-        raise ValueError(f"method must be 'fast', 'batched' or 'loop', got {method!r}")
-    base_cache = cache_base_run(model, base_ids) if method == "fast" and chunks else None
     bar = _progress(len(chunks), progress, f"{site} {direction}")
     for chunk in chunks:
         pair_idx = torch.tensor([i for i, _ in chunk])
         if base_cache is not None:
+            cols = answer_pairs[pair_idx] if two_logits else None
             logits = run_patch_sets(model, base_cache, source, [patch_sets[k] for _, k in chunk],
-                                    pair_idx, first)
+                                    pair_idx, first, cols)
+            if two_logits:
+                got = {"logit_diff": logits[:, 0] - logits[:, 1]}
         else:
             logits = run_with_patches(model, base_ids[pair_idx], source,
-                                      [patch_sets[k] for _, k in chunk], pair_idx)
-        got = _metrics(logits, pairs, clean_logits, pair_idx.to(logits.device))
-        for m in METRICS:
-            for j, (i, k) in enumerate(chunk):
-                values[m][i, k] = got[m][j]
+                                      [patch_sets[k] for _, k in chunk], pair_idx,
+                                      all_logits=method == "loop")
+        if not (two_logits and base_cache is not None):
+            got = _metrics(logits, pairs, clean_logits, pair_idx.to(logits.device))
+        set_idx = torch.tensor([k for _, k in chunk])
+        for m in metrics:
+            values[m][pair_idx.to(values[m].device), set_idx.to(values[m].device)] = got[m]
         bar.update(1)
     bar.close()
     shape = tuple(len(labels[d]) for d in dims)

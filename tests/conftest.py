@@ -18,6 +18,7 @@ for _name, _value in {
     "TRANSFORMERS_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    "PATCHLAB_PROGRESS": "0",  # no progress bars in tests or in the kernels they start
 }.items():
     os.environ[_name] = _value
 os.environ.setdefault("OMP_NUM_THREADS", "1")

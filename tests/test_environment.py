@@ -1,0 +1,75 @@
+"""No drift between the places that name versions, the notebooks' shape, and the badges."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9]*.ipynb"))
+
+
+def _pins(text: str) -> dict[str, str]:
+    return {m.group(1).lower(): m.group(2)
+            for m in re.finditer(r"^\s*-?\s*([A-Za-z0-9_.\-]+)==([^\s#]+)", text, re.M)}
+
+
+def test_environment_files_and_constraints_name_the_same_versions():
+    constraints = _pins((REPO / "constraints.txt").read_text())
+    assert constraints["torch"] == "2.13.0" and constraints["nnsight"] == "0.8.1"
+    for name in ("environment.yml", "binder/environment.yml"):
+        assert _pins((REPO / name).read_text()) == constraints, name
+
+
+def test_package_metadata_has_lower_bounds_only():
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not [d for d in deps if "==" in d or "<" in d], deps
+
+
+def test_conda_files_ask_for_cpu_torch_and_python_311():
+    for name in ("environment.yml", "binder/environment.yml"):
+        text = (REPO / name).read_text()
+        assert "python=3.11" in text and "whl/cpu" in text, name
+
+
+def test_binder_postbuild_installs_the_package_and_stops_on_errors():
+    text = (REPO / "binder/postBuild").read_text()
+    assert text.startswith("#!/usr/bin/env bash") and "set -e" in text
+    assert re.search(r"pip install .*-e \.", text)
+
+
+def test_environment_pip_parts_resolve(tmp_path):
+    """The pinned pip list of environment.yml resolves as a whole (pip's resolver, no install)."""
+    pins = _pins((REPO / "environment.yml").read_text())
+    req = tmp_path / "requirements.txt"
+    req.write_text("\n".join(f"{k}=={v}" for k, v in pins.items()) + "\n")
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+                           "--quiet", "-r", str(req)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_has_one_parameters_cell_python3_kernel_and_a_clean_stored_run(nb):
+    book = nbformat.read(nb, as_version=4)
+    code = [c for c in book.cells if c.cell_type == "code"]
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    assert book.metadata["kernelspec"]["name"] == "python3"
+    counts = [c.execution_count for c in code]
+    assert None not in counts and counts == sorted(counts), "store a clean top-to-bottom run"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    first = book.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# ")
+    assert "Open in Binder" in first.source and "Open in Colab" in first.source
+
+
+def test_badges_and_colab_source_match_the_repository_setting():
+    done = subprocess.run([sys.executable, str(REPO / "scripts/sync_badges.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

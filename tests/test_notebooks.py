@@ -1,0 +1,76 @@
+"""Every notebook, run headlessly through papermill with non-default parameters.
+
+nbval (run by scripts/test.sh over notebooks/) checks the stored outputs of the default
+run; these tests check that the parameters really drive the notebooks: another prompt
+set, seed and layer on the bundled model, the GPT-2 stand-in (real tokenizer, random
+GPT-2-small weights, raw logit differences), and a nonexistent model (the clear error).
+Results go to a temporary folder.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9]*.ipynb"))
+IDS = [p.stem for p in NOTEBOOKS]
+
+pytestmark = pytest.mark.notebooks
+
+
+def _run(nb: Path, tmp_path: Path, **params) -> dict:
+    import papermill as pm
+
+    out_dir = tmp_path / "outputs"
+    pm.execute_notebook(str(nb), str(tmp_path / nb.name), parameters={"output_dir": str(out_dir),
+                        "show_widgets": False, **params}, kernel_name="python3",
+                        cwd=str(nb.parent), progress_bar=False)
+    return json.loads((out_dir / nb.stem / "results.json").read_text())
+
+
+def _finite(value) -> bool:
+    if isinstance(value, (int, float)):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
+def test_there_are_six_or_more_chapters():
+    assert len(NOTEBOOKS) >= 6, [p.name for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_notebook_follows_its_parameters_on_the_bundled_model(nb, tmp_path):
+    res = _run(nb, tmp_path, seed=3, n_pairs=6, template=2, layer=1)
+    assert res["chapter"] == nb.stem
+    assert (res["model"], res["seed"], res["n_pairs"], res["template"]) == ("ioi-tiny", 3, 6, 2)
+    assert res["layer"] in (1, None)
+    assert res["clean_logit_diff"] > 2 and res["corrupted_logit_diff"] < -2
+    assert _finite(res)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_notebook_runs_on_the_gpt2_standin(nb, tmp_path, gpt2_standin_dir):
+    res = _run(nb, tmp_path, model_name=str(gpt2_standin_dir), normalise=False, n_pairs=2)
+    assert res["model"] == Path(gpt2_standin_dir).name  # a folder name, never a full path
+    assert res["normalise"] is False and res["n_pairs"] == 2
+    assert str(gpt2_standin_dir) not in json.dumps(res)
+    # random weights: the two runs differ, but only a little
+    assert abs(res["clean_logit_diff"] - res["corrupted_logit_diff"]) < 2
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_notebook_with_a_nonexistent_model_fails_with_the_clear_error(nb, tmp_path):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        _run(nb, tmp_path, model_name="no-such-model")
+    assert info.value.ename == "ModelLoadError"
+    assert "unknown model 'no-such-model'" in info.value.evalue
