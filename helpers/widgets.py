@@ -1,7 +1,7 @@
 """ipywidgets explorers built on the sweeps and plots.
 
 Only core widgets (``Text``, ``Dropdown``, ``ToggleButtons``, ``IntSlider``,
-``Output``, boxes) so they work on ipywidgets 7 (Colab) and 8.  Each explorer
+``SelectionSlider``, ``Output``, boxes) so they work on ipywidgets 7 (Colab) and 8.  Each explorer
 returns the widget; displaying it is the notebook's job.  Results are cached
 per (prompt, site, direction), so moving a slider only redraws.
 """
@@ -23,16 +23,12 @@ _SWEEPS: dict[str, Callable[..., PatchResult]] = {
     "residual stream": patch_residual, "attention output": patch_attn_out, "MLP output": patch_mlp_out}
 
 
-def _metric_kw(normalise: bool) -> dict:
-    return {"normalise": normalise}
-
-
 def position_explorer(model: Any, prompt: str, normalise: bool = True) -> Any:
-    """Type a prompt, pick the site and the direction, slide through layers.
+    """Type a prompt, pick the site and the direction, slide through the rows.
 
-    The top figure is the layer x position heatmap (the selected layer boxed),
-    the bottom one that layer's row as bars.  Errors in the prompt (unknown
-    words, no IOI roles) are printed, not raised.
+    The top figure is the layer x position heatmap (the selected row boxed),
+    the bottom one that row as bars.  Errors in the prompt (unknown words, no
+    IOI roles) are printed, not raised.
     """
     import ipywidgets as w
 
@@ -40,9 +36,12 @@ def position_explorer(model: Any, prompt: str, normalise: bool = True) -> Any:
     text = w.Text(value=prompt, description="prompt", layout=w.Layout(width="95%"))
     site = w.Dropdown(options=list(_SWEEPS), value="residual stream", description="site")
     direction = w.ToggleButtons(options=["denoise", "noise"], value="denoise", description="direction")
-    layer = w.IntSlider(value=0, min=0, max=f.n_layers, description="layer row")
+    rows = ["embed"] + [f"L{i}" for i in range(f.n_layers)]
+    layer = w.SelectionSlider(options=rows, value=rows[0], description="layer row",
+                              continuous_update=False)
     out = w.Output()
     cache: dict[tuple, Any] = {}
+    state = {"updating": False}
 
     def result() -> PatchResult:
         key = (text.value, site.value, direction.value)
@@ -51,7 +50,9 @@ def position_explorer(model: Any, prompt: str, normalise: bool = True) -> Any:
             cache[key] = _SWEEPS[site.value](model, pairs, direction.value, progress=False)
         return cache[key]
 
-    def redraw(*_: Any) -> None:
+    def draw(*_: Any) -> None:
+        if state["updating"]:
+            return
         out.clear_output(wait=True)
         with out:
             try:
@@ -59,27 +60,33 @@ def position_explorer(model: Any, prompt: str, normalise: bool = True) -> Any:
             except (PromptError, ValueError) as err:
                 print(f"Cannot patch this prompt: {err}")
                 return
-            layer.max = len(r.labels["layer"]) - 1
-            row = min(layer.value, layer.max)
+            labels = r.labels["layer"]
+            if list(layer.options) != labels:  # the residual stream has one more row
+                state["updating"] = True
+                keep = layer.value if layer.value in labels else labels[0]
+                layer.options, layer.value = labels, keep
+                state["updating"] = False
+            row = labels.index(layer.value)
             fig, (top, bottom) = plt.subplots(2, 1, figsize=(min(14, 3 + 0.6 * r.shape[1]), 6.5),
                                               gridspec_kw={"height_ratios": [3, 1.4]})
             try:
                 plot_patching(r, ax=top, normalise=normalise)
                 values = r.score()[row] if normalise else r.mean()[row]
-            except ValueError:
+            except ValueError:  # too small a gap to normalise: raw values
+                top.clear()
                 plot_patching(r, ax=top, normalise=False)
                 values = r.mean()[row]
             top.add_patch(plt.Rectangle((0, row), r.shape[1], 1, fill=False, lw=2, ec="black"))
             bottom.bar(range(r.shape[1]), values.double().numpy(), color="tab:blue")
             bottom.set_xticks(range(r.shape[1]), r.labels["position"], rotation=60, fontsize=8)
             bottom.axhline(0, color="black", lw=0.8)
-            bottom.set_title(f"row {r.labels['layer'][row]}", fontsize=9)
+            bottom.set_title(f"row {labels[row]}", fontsize=9)
             fig.tight_layout()
             plt.show()
 
     for control in (text, site, direction, layer):
-        control.observe(redraw, names="value")
-    redraw()
+        control.observe(draw, names="value")
+    draw()
     return w.VBox([text, w.HBox([site, direction]), layer, out])
 
 
