@@ -11,11 +11,15 @@ One module per concern:
 * ``helpers.observe``   - predictions, task accuracy, attention patterns
 * ``helpers.plotting``  - heatmaps, bar charts, attention plots
 * ``helpers.widgets``   - ipywidgets explorers
+* ``helpers.behaviours`` - prompt pairs for any binary behaviour; the toy refusal task
+* ``helpers.circuits``  - a minimal circuit by greedy joint patching
 * ``helpers.checks``    - exercise checks for the notebooks
 * ``helpers.notebook``  - notebook setup, output folder, JSON results, reproducibility stamp
 """
 from helpers import checks, notebook
 from helpers.attribution import attribution_patching
+from helpers.behaviours import REFUSAL, BinaryTask, binary_pairs
+from helpers.circuits import CircuitSearch, minimal_circuit
 from helpers.metrics import (GapTooSmallError, answer_prob, kl_to_clean, logit_diff,
                              mean_and_sem, normalised)
 from helpers.models import DEFAULT_MODEL, ModelLoadError, load_model, model_facts

@@ -2,6 +2,7 @@
 project on synthetic text, shipped with their tokenizers so they load offline.
 
 * ``ioi`` - four layers, four heads, trained on IOI prompts (see ``ioi/MODEL_CARD.md``).
+* ``refusal`` - three layers, four heads, a toy refusal behaviour (``refusal/MODEL_CARD.md``).
 """
 from __future__ import annotations
 
@@ -12,4 +13,5 @@ ORGANISM_DIR = Path(__file__).resolve().parent
 #: short name -> folder holding config.json, model.safetensors, tokenizer.json, MODEL_CARD.md
 BUNDLED_MODELS: dict[str, Path] = {
     "ioi-tiny": ORGANISM_DIR / "ioi",
+    "refusal-tiny": ORGANISM_DIR / "refusal",
 }

@@ -20,22 +20,18 @@ next to it in ``checksum.txt``.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import random
 import re
-import time
 from itertools import combinations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from helpers.organism.training import (SPECIALS, WORD_RE, build_tokenizer, fit,  # noqa: F401
+                                       make_config, pad_batch)
 from helpers.prompts import (FILLERS, HELDOUT_TEMPLATES, NAMES, OBJECTS, PLACES,
                              TRAIN_TEMPLATES, ioi_prompt)
 
-SPECIALS = ("<pad>", "<unk>", "<bos>")
-WORD_RE = re.compile(r"\w+|[^\w\s]+")  # the same split as tokenizers' Whitespace pre-tokenizer
 
 
 def vocabulary() -> list[str]:
@@ -69,29 +65,6 @@ def name_pair_split(seed: int = 0, heldout_fraction: float = 0.15) -> tuple[list
     return train, held
 
 
-def build_tokenizer(vocab: list[str]):
-    """A word-level ``PreTrainedTokenizerFast`` that prepends ``<bos>``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    ids = {w: i for i, w in enumerate(vocab)}
-    tok = Tokenizer(models.WordLevel(ids, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", ids["<bos>"])])
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>",
-                                   unk_token="<unk>", eos_token="<bos>")
-
-
-def make_config(vocab_size: int, bos: int, pad: int):
-    from transformers import GPT2Config
-
-    return GPT2Config(vocab_size=vocab_size, n_positions=96, n_embd=64, n_layer=4, n_head=4,
-                      n_inner=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                      bos_token_id=bos, eos_token_id=bos, pad_token_id=pad, tie_word_embeddings=True)
-
-
 def sample_batch(rng: random.Random, batch: int, ids: dict[str, int], name_pairs: list,
                  templates=TRAIN_TEMPLATES, max_fillers: int = 2):
     """Token ids [batch, seq] (right-padded), END positions [batch], answer ids [batch]."""
@@ -108,76 +81,20 @@ def sample_batch(rng: random.Random, batch: int, ids: dict[str, int], name_pairs
         seqs.append(seq)
         ends.append(len(seq) - 1)
         answers.append(ids[io])
-    width = max(map(len, seqs))
-    x = torch.full((batch, width), ids["<pad>"], dtype=torch.long)
-    for i, seq in enumerate(seqs):
-        x[i, : len(seq)] = torch.tensor(seq)
-    return x, torch.tensor(ends), torch.tensor(answers)
+    return pad_batch(seqs, ids["<pad>"]), torch.tensor(ends), torch.tensor(answers)
 
 
 def train(out: Path, steps: int = 2000, batch: int = 64, lr: float = 3e-3, seed: int = 0,
           attn_drop: float = 0.25, threads: int = 1, log_every: int = 250) -> dict:
     """Train, save model + tokenizer + checksum into ``out``, return the training record."""
-    from transformers import GPT2LMHeadModel
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
     check_heldout_words()
-    vocab = vocabulary()
-    ids = {w: i for i, w in enumerate(vocab)}
-    tokenizer = build_tokenizer(vocab)
-    config = make_config(len(vocab), ids["<bos>"], ids["<pad>"])
-    model = GPT2LMHeadModel(config)
     train_pairs, held_pairs = name_pair_split(seed)
-    gen = torch.Generator().manual_seed(seed)
-    drop_masks: dict[int, torch.Tensor] = {}
 
-    def drop_hook(layer: int):
-        def hook(module, args, output):
-            keep = drop_masks[layer].to(output[0].dtype)[:, None, None]
-            return (output[0] * keep,) + tuple(output[1:])
-        return hook
+    def sample(rng: random.Random, size: int, ids: dict[str, int]):
+        return sample_batch(rng, size, ids, train_pairs)
 
-    handles = [block.attn.register_forward_hook(drop_hook(i))
-               for i, block in enumerate(model.transformer.h)]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    rng = random.Random(seed)
-    start, history = time.time(), []
-    model.train()
-    for step in range(1, steps + 1):
-        x, ends, answers = sample_batch(rng, batch, ids, train_pairs)
-        for layer in range(config.n_layer):
-            drop_masks[layer] = torch.rand(batch, generator=gen) >= attn_drop
-        logits = model(x, attention_mask=(x != ids["<pad>"]).long()).logits[torch.arange(batch), ends]
-        loss = F.cross_entropy(logits, answers)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % log_every == 0 or step == steps:
-            acc = (logits.argmax(-1) == answers).float().mean().item()
-            history.append({"step": step, "loss": round(loss.item(), 4), "acc": round(acc, 4)})
-            print(f"step {step:5d}  loss {loss.item():.4f}  batch acc {acc:.3f}  "
-                  f"{time.time() - start:.0f}s", flush=True)
-    for h in handles:
-        h.remove()
-    model.eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
-    (out / "checksum.txt").write_text(f"{digest}  model.safetensors\n")
-    record = {
-        "seed": seed, "steps": steps, "batch": batch, "lr": lr, "attn_drop": attn_drop,
-        "threads": threads, "seconds": round(time.time() - start, 1), "vocab_size": len(vocab),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "heldout_name_pairs": [list(p) for p in held_pairs], "sha256": digest, "history": history,
-    }
-    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-    return record
+    return fit(out, vocabulary(), sample, steps, batch, lr, seed, attn_drop, threads, log_every,
+               {"heldout_name_pairs": [list(p) for p in held_pairs]})
 
 
 def main() -> None:
