@@ -31,6 +31,21 @@ def _run(nb: Path, tmp_path: Path, **params) -> dict:
     return json.loads((out_dir / nb.stem / "results.json").read_text())
 
 
+def _default(nb: Path, name: str):
+    """The default a notebook's parameters cell gives ``name``."""
+    import ast
+
+    import nbformat
+
+    cell = next(c for c in nbformat.read(nb, as_version=4).cells
+                if "parameters" in c.metadata.get("tags", []))
+    for node in ast.parse(cell.source).body:
+        target = getattr(node, "target", None) or (getattr(node, "targets", [None])[0])
+        if getattr(target, "id", None) == name:
+            return ast.literal_eval(node.value)
+    raise KeyError(name)
+
+
 def _finite(value) -> bool:
     if isinstance(value, (int, float)):
         return math.isfinite(value)
@@ -49,7 +64,9 @@ def test_there_are_six_or_more_chapters():
 def test_notebook_follows_its_parameters_on_the_bundled_model(nb, tmp_path):
     res = _run(nb, tmp_path, seed=3, n_pairs=6, template=2, layer=1)
     assert res["chapter"] == nb.stem
-    assert (res["model"], res["seed"], res["n_pairs"], res["template"]) == ("ioi-tiny", 3, 6, 2)
+    bundled = _default(nb, "model_name")
+    assert bundled in ("ioi-tiny", "refusal-tiny")
+    assert (res["model"], res["seed"], res["n_pairs"], res["template"]) == (bundled, 3, 6, 2)
     assert res["layer"] in (1, None)
     assert res["clean_logit_diff"] > 2 and res["corrupted_logit_diff"] < -2
     assert _finite(res)
