@@ -39,7 +39,7 @@ class ModelLoadError(RuntimeError):
 class ModelFacts:
     """Shapes of a GPT-2-family model: ``d_head = d_model // n_heads``."""
 
-    name: str
+    name: str  # bundled name, hub id, or a local folder's name (never its full path)
     n_layers: int
     n_heads: int
     d_model: int
@@ -146,7 +146,8 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.devi
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = TransformersModel(hf, tokenizer=tokenizer)
-    model._patchlab_name = str(name)  # for labels and reproducibility stamps
+    # a short label for results and stamps: the folder's name, never a full path of this machine
+    model._patchlab_name = Path(source).name if local and str(name) not in BUNDLED_MODELS else str(name)
     return model
 
 

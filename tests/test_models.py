@@ -39,6 +39,7 @@ def test_local_folder_loads_with_dtype_and_device(tmp_path):
     model = H.load_model(path, device="cpu", dtype="float64")
     facts = H.model_facts(model)
     assert facts.dtype == torch.float64 and facts.device.type == "cpu" and facts.n_layers == 2
+    assert facts.name == "m"  # results carry the folder's name, not a path of this machine
 
 
 def test_hub_id_without_network_says_what_to_do_instead():
