@@ -20,6 +20,8 @@ PY="$ROOT/.venv/bin/python"
 # One thread per process: two xdist workers on a 2-core machine; kernels inherit this too.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+# No progress bars in the kernels nbval and papermill start (the stored outputs have none).
+export PATCHLAB_PROGRESS=0
 
 # Find explicit paths among the arguments (skipping the values of options that take one).
 takes_value=(-m -k -n -p -c -o -W -r --dist --maxprocesses --junitxml --junit-xml --rootdir

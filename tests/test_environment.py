@@ -44,6 +44,7 @@ def test_binder_postbuild_installs_the_package_and_stops_on_errors():
     assert re.search(r"pip install .*-e \.", text)
 
 
+@pytest.mark.slow
 def test_environment_pip_parts_resolve(tmp_path):
     """The pinned pip list of environment.yml resolves as a whole (pip's resolver, no install)."""
     pins = _pins((REPO / "environment.yml").read_text())
