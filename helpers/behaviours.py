@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from helpers.prompts import PromptError, PromptPairs, make_pairs
+from helpers.prompts import PromptError, PromptPairs, make_pairs, single_token_id
 
 __all__ = ["BinaryTask", "binary_pairs", "fill", "REFUSAL"]
 
@@ -63,7 +63,8 @@ def binary_pairs(tokenizer: Any, task: BinaryTask, n: int = 8, seed: int = 0, te
     """``n`` clean/corrupted pairs of ``task`` from one template: the clean prompt has a
     positive word in ``{X}`` (answer ``task.answers[0]``, distractor ``answers[1]``),
     the corrupted one a negative word, everything else equal.  Roles: ``X`` (the
-    decisive word) and ``END``.  ``positive``/``negative`` restrict the word lists.
+    decisive word) and ``END``.  ``positive``/``negative`` restrict the word lists;
+    words that are not a single token for ``tokenizer`` are skipped (e.g. " kite" on GPT-2).
     """
     if isinstance(template, int):
         every = task.templates + task.heldout_templates
@@ -71,9 +72,11 @@ def binary_pairs(tokenizer: Any, task: BinaryTask, n: int = 8, seed: int = 0, te
             raise PromptError(f"template index {template} out of range 0..{len(every) - 1}")
         template = every[template]
     rng = random.Random(seed)
-    pos, neg = list(positive or task.positive), list(negative or task.negative)
+    pos = _single_tokens(tokenizer, positive or task.positive)
+    neg = _single_tokens(tokenizer, negative or task.negative)
     if not pos or not neg:
-        raise PromptError("need at least one positive and one negative word")
+        raise PromptError("need at least one positive and one negative word that is a single token "
+                          f"for this tokenizer; usable: positive {pos}, negative {neg}")
     clean, corrupted, spans = [], [], []
     for _ in range(n):
         values = {k: rng.choice(list(v)) for k, v in task.fills.items()}
@@ -82,6 +85,18 @@ def binary_pairs(tokenizer: Any, task: BinaryTask, n: int = 8, seed: int = 0, te
         clean.append(c), corrupted.append(k), spans.append({"X": span})
     return make_pairs(tokenizer, clean, corrupted, [task.answers[0]] * n, [task.answers[1]] * n,
                       spans, corruption="swap X")
+
+
+def _single_tokens(tokenizer: Any, words: Sequence[str]) -> list[str]:
+    """The words that are one token for ``tokenizer`` (so every pair has one length)."""
+    ok = []
+    for w in words:
+        try:
+            single_token_id(tokenizer, w)
+            ok.append(w)
+        except PromptError:
+            pass
+    return ok
 
 
 #: The refusal toy task (bundled model ``refusal-tiny``).  Its model was trained on

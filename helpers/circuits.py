@@ -77,21 +77,24 @@ class CircuitSearch:
         return "\n".join(lines)
 
 
-def _scores(model: Any, pairs: PromptPairs, sets: list[list[str]], direction: Direction) -> list[float]:
+def _scores(model: Any, pairs: PromptPairs, sets: list[list[str]], direction: Direction,
+            min_gap: float | None) -> list[float]:
     result = patch_components(model, pairs, [[component_patch(c) for c in s] for s in sets],
                               direction, progress=False, metrics=("logit_diff",))
-    return result.score().tolist()
+    return result.score(min_gap=min_gap).tolist()
 
 
 def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
                     candidates: Sequence[str] | None = None, direction: Direction = "denoise",
-                    max_steps: int = 30) -> CircuitSearch:
+                    max_steps: int = 30, min_gap: float | None = None) -> CircuitSearch:
     """Greedy forward selection then backward pruning (see the module docstring).
 
     ``threshold``: the normalised score (of the prompt-mean logit difference) the
     joint patch must reach.  ``candidates``: component names (default: every head
     and MLP).  The returned ``reached`` is False if the cap stopped the search
-    first.
+    first.  Scores are normalised, so a model that barely tells the clean and
+    corrupted prompts apart raises ``GapTooSmallError`` (``min_gap`` overrides the
+    limit, see ``helpers.metrics.normalised``).
     """
     pool = list(candidates or all_components(model))
     members: list[str] = []
@@ -99,7 +102,7 @@ def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
     for _ in range(max_steps):
         if score >= threshold or not pool:
             break
-        trial = _scores(model, pairs, [members + [c] for c in pool], direction)
+        trial = _scores(model, pairs, [members + [c] for c in pool], direction, min_gap)
         best = max(range(len(pool)), key=lambda i: trial[i])
         members.append(pool.pop(best))
         score = trial[best]
@@ -107,7 +110,8 @@ def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
     for _ in range(max_steps):
         if len(members) < 2:
             break
-        trial = _scores(model, pairs, [[m for m in members if m != c] for c in members], direction)
+        trial = _scores(model, pairs, [[m for m in members if m != c] for c in members], direction,
+                        min_gap)
         removable = [i for i, s in enumerate(trial) if s >= threshold]
         if not removable:
             break
@@ -118,7 +122,7 @@ def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
     without = {}
     if members:
         alone = _scores(model, pairs, [[m for m in members if m != c] for c in members] + [members],
-                        direction)
+                        direction, min_gap)
         without = dict(zip(members, alone[:-1]))
         score = alone[-1]
     return CircuitSearch(members=members, score=score, without=without, threshold=threshold,

@@ -13,7 +13,8 @@ from helpers.patching import PatchResult
 
 __all__ = ["plot_patching", "plot_head_positions", "plot_sets", "plot_attention", "ROLE_COLOURS"]
 
-ROLE_COLOURS = {"IO": "tab:green", "S1": "tab:orange", "S2": "tab:red", "END": "tab:purple"}
+ROLE_COLOURS = {"IO": "tab:green", "S1": "tab:orange", "S2": "tab:red", "END": "tab:purple",
+                "X": "tab:red"}  # X: the decisive word of a binary behaviour (helpers.behaviours)
 CMAP = "RdBu"  # blue = towards the clean behaviour, red = away from it; white = 0
 
 

@@ -88,3 +88,24 @@ def test_minimal_circuit_restores_the_threshold_and_every_member_is_needed(refus
         score = H.patch_components(refusal, pairs, [rest]).score()[0] if rest else 0.0
         assert score < 0.8, (member, float(score))
     assert "flowchart" in circuit.mermaid()
+
+
+def test_binary_pairs_skip_words_that_are_several_tokens(gpt2_tokenizer):
+    pairs = binary_pairs(gpt2_tokenizer, REFUSAL, n=12, seed=0)
+    words = {gpt2_tokenizer.decode([int(i)]).strip() for i in pairs.corrupted_ids[:, pairs.positions["X"]]}
+    assert "kite" not in words  # " kite" is two GPT-2 tokens
+    with pytest.raises(H.PromptError, match="single token"):
+        binary_pairs(gpt2_tokenizer, REFUSAL, n=2, negative=["kite"])
+
+
+def test_circuit_search_on_a_model_that_cannot_do_the_task_says_so(tmp_path):
+    from tiny_models import save_random_gpt2
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(FOLDER)
+    model = H.load_model(save_random_gpt2(tmp_path / "m", tokenizer=tok, vocab_size=len(tok),
+                                          n_layer=1, n_head=2, n_embd=8, n_positions=64))
+    pairs = binary_pairs(model.tokenizer, REFUSAL, n=2, seed=0)
+    with pytest.raises(H.GapTooSmallError, match="differ by only"):
+        minimal_circuit(model, pairs)
