@@ -25,7 +25,7 @@ ENV = {"PATCHLAB_PROGRESS": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
        "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def regenerate(path: Path, timeout: int = 600) -> float:
+def regenerate(path: Path, timeout: int = 300) -> float:
     nb = nbformat.read(path, as_version=4)
     start = time.time()
     NotebookClient(nb, timeout=timeout, kernel_name="python3",

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR,
                         help="where executed copies go (default: outputs/executed)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
-    parser.add_argument("--timeout", type=float, default=None,
+    parser.add_argument("--timeout", type=float, default=600,
                         help="per-cell timeout in seconds (default: none)")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
     parser.add_argument("--log-output", action="store_true", help="stream cell outputs")
@@ -273,7 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     plans = []
     for nb in notebooks:
         defaults = parameters_cell_defaults(nb)
-        params, skipped = parameters_for(defaults, args.parameters, args.parameters_raw)
+        # Headless: no widget explorers unless asked (nbclient can miss the reply to a widget
+        # cell and wait for its timeout), and the default cell timeout bounds any such stall.
+        headless = [("show_widgets", "False")] if not any(n == "show_widgets" for n, _ in
+                                                           args.parameters + args.parameters_raw) else []
+        params, skipped = parameters_for(defaults, headless + args.parameters, args.parameters_raw)
+        skipped = [s for s in skipped if s != "show_widgets"]
         plans.append((nb, defaults, params, skipped))
 
     if args.list:
