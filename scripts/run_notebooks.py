@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where executed copies go (default: outputs/executed)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     parser.add_argument("--timeout", type=float, default=600,
-                        help="per-cell timeout in seconds (default: none)")
+                        help="per-cell timeout in seconds (default: 600)")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
     parser.add_argument("--log-output", action="store_true", help="stream cell outputs")
     parser.add_argument("--progress", action="store_true", help="show papermill's progress bar")
