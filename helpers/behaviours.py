@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from helpers.prompts import PromptError, PromptPairs, make_pairs, single_token_id
+from helpers.prompts import PromptError, PromptPairs, make_pairs, single_token_words
 
 __all__ = ["BinaryTask", "binary_pairs", "fill", "REFUSAL"]
 
@@ -72,8 +72,8 @@ def binary_pairs(tokenizer: Any, task: BinaryTask, n: int = 8, seed: int = 0, te
             raise PromptError(f"template index {template} out of range 0..{len(every) - 1}")
         template = every[template]
     rng = random.Random(seed)
-    pos = _single_tokens(tokenizer, positive or task.positive)
-    neg = _single_tokens(tokenizer, negative or task.negative)
+    pos = single_token_words(tokenizer, positive or task.positive)
+    neg = single_token_words(tokenizer, negative or task.negative)
     if not pos or not neg:
         raise PromptError("need at least one positive and one negative word that is a single token "
                           f"for this tokenizer; usable: positive {pos}, negative {neg}")
@@ -85,18 +85,6 @@ def binary_pairs(tokenizer: Any, task: BinaryTask, n: int = 8, seed: int = 0, te
         clean.append(c), corrupted.append(k), spans.append({"X": span})
     return make_pairs(tokenizer, clean, corrupted, [task.answers[0]] * n, [task.answers[1]] * n,
                       spans, corruption="swap X")
-
-
-def _single_tokens(tokenizer: Any, words: Sequence[str]) -> list[str]:
-    """The words that are one token for ``tokenizer`` (so every pair has one length)."""
-    ok = []
-    for w in words:
-        try:
-            single_token_id(tokenizer, w)
-            ok.append(w)
-        except PromptError:
-            pass
-    return ok
 
 
 #: The refusal toy task (bundled model ``refusal-tiny``).  Its model was trained on

@@ -30,7 +30,7 @@ import torch
 __all__ = [
     "NAMES", "PLACES", "OBJECTS", "TEMPLATES", "TRAIN_TEMPLATES", "HELDOUT_TEMPLATES", "FILLERS",
     "ROLES", "PromptError", "IOIPrompt", "PromptPairs", "ioi_prompt", "random_ioi_prompts",
-    "corrupt", "ioi_pairs", "pairs_from_prompt", "make_pairs", "single_token_id",
+    "corrupt", "ioi_pairs", "pairs_from_prompt", "make_pairs", "single_token_id", "single_token_words",
     "check_in_vocabulary",
 ]
 
@@ -164,15 +164,20 @@ def random_ioi_prompts(n: int, seed: int = 0, templates: Sequence[str] = TRAIN_T
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        if name_pairs is not None:
-            io, s = rng.choice(list(name_pairs))
-            if rng.random() < 0.5:
-                io, s = s, io
-        else:
-            io, s = rng.sample(list(names), 2)
+        io, s = _draw_names(rng, names, name_pairs)
         out.append(ioi_prompt(rng.choice(list(templates)), io, s, rng.choice(("ABBA", "BABA")),
                               rng.choice(list(places)), rng.choice(list(objects))))
     return out
+
+
+def _draw_names(rng: random.Random, names: Sequence[str],
+                name_pairs: Sequence[tuple[str, str]] | None) -> tuple[str, str]:
+    """(IO, S): two distinct names, or one of ``name_pairs`` in a random order."""
+    if name_pairs is None:
+        io, s = rng.sample(list(names), 2)
+        return io, s
+    io, s = rng.choice(list(name_pairs))
+    return (s, io) if rng.random() < 0.5 else (io, s)
 
 
 def corrupt(prompt: IOIPrompt, corruption: str = "s2_swap", rng: random.Random | None = None,
@@ -400,7 +405,8 @@ def make_pairs(tokenizer: Any, clean: Sequence[str], corrupted: Sequence[str],
         tokens=first_tokens, corrupted_tokens=first_corrupted, corruption=corruption)
 
 
-def _usable(tokenizer: Any, words: Sequence[str]) -> list[str]:
+def single_token_words(tokenizer: Any, words: Sequence[str]) -> list[str]:
+    """The words that are one token for ``tokenizer`` (so prompts built from them align)."""
     ok = []
     for w in words:
         try:
@@ -435,18 +441,13 @@ def ioi_pairs(tokenizer: Any, n: int = 8, corruption: str = "s2_swap", seed: int
             raise PromptError(f"template index {template} out of range 0..{len(TEMPLATES) - 1}")
         template = TEMPLATES[template]
     rng = random.Random(seed)
-    names_ok = _usable(tokenizer, names)
+    names_ok = single_token_words(tokenizer, names)
     if len(names_ok) < (5 if corruption == "abc" else 2):
         raise PromptError(f"too few single-token names for this tokenizer: {names_ok}")
-    places, objects = _usable(tokenizer, PLACES), _usable(tokenizer, OBJECTS)
+    places, objects = single_token_words(tokenizer, PLACES), single_token_words(tokenizer, OBJECTS)
     clean, corrupted = [], []
     for i in range(n):
-        if name_pairs is not None:
-            io, s = rng.choice(list(name_pairs))
-            if rng.random() < 0.5:
-                io, s = s, io
-        else:
-            io, s = rng.sample(names_ok, 2)
+        io, s = _draw_names(rng, names_ok, name_pairs)
         p = ioi_prompt(template, io, s, order, rng.choice(places), rng.choice(objects))
         clean.append(p)
         corrupted.append(corrupt(p, corruption, rng, names_ok))
