@@ -85,7 +85,8 @@ def check_direction_word(answer: Any, question: str = "sufficiency") -> bool:
     hint = "which run do you start from, and what do you patch in?"
     if _missing(answer):
         return _report(False, hint)
-    ok = str(answer).strip().lower().rstrip("ing").rstrip("e") == truth.rstrip("e")
+    word = str(answer).strip().lower()
+    ok = word in (truth, truth[:-1] + "ing")  # "noise"/"noising", "denoise"/"denoising"
     return _report(ok, hint)
 
 

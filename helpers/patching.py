@@ -381,7 +381,7 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
           labels: dict[str, list[str]] | None = None, site: str = "set",
           method: Literal["fast", "batched", "loop"] = "fast", memory_mb: float = DEFAULT_MEMORY_MB,
           batch_size: int | None = None, progress: bool | None = None,
-          metrics: Sequence[str] = METRICS) -> PatchResult:
+          metrics: Sequence[str] = METRICS, metric: str = "logit_diff") -> PatchResult:
     """Patch each set in ``patch_sets`` (jointly within a set), for every prompt pair.
 
     The result's values have shape ``[n_prompts, *shape]`` where ``shape`` is
@@ -397,7 +397,8 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
     ``batch_size`` (rows per forward) defaults to what fits in ``memory_mb``.
     ``metrics`` chooses which patched values are computed; ``("logit_diff",)``
     lets the fast path compute just the two logits it needs (the baselines
-    always carry every metric).
+    always carry every metric).  ``metric`` is the one the result's ``score()``,
+    ``mean()``, titles and plots use by default.
     """
     _check_direction(direction)
     _check_pairs(model, pairs)
@@ -406,6 +407,8 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
     if not metrics or set(metrics) - set(METRICS):
         raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {metrics!r}")
     metrics = tuple(m for m in METRICS if m in metrics)
+    if metric not in metrics:
+        raise ValueError(f"metric {metric!r} is not among the computed metrics {metrics}")
     facts = model_facts(model)
     n, seq = len(pairs), pairs.seq_len
     for patches in patch_sets:
@@ -468,7 +471,8 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
                        values={m: v.reshape(n, *shape).cpu() for m, v in values.items()},
                        clean={m: v.cpu() for m, v in clean_m.items()},
                        corrupted={m: v.cpu() for m, v in bad_m.items()}, prompts=pairs,
-                       model_name=facts.name, method=method, patches=[list(s) for s in patch_sets])
+                       model_name=facts.name, method=method, metric=metric,
+                       patches=[list(s) for s in patch_sets])
 
 
 class _NoBar:

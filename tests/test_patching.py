@@ -262,3 +262,12 @@ def test_pairs_from_another_tokenizer_are_rejected(bundled, gpt2_tokenizer):
     pairs = H.ioi_pairs(gpt2_tokenizer, n=1)
     with pytest.raises(H.PromptError, match="outside the model's vocabulary"):
         H.patch_residual(bundled, pairs)
+
+
+def test_metric_argument_sets_the_results_default_metric(bundled):
+    pairs = H.ioi_pairs(bundled.tokenizer, n=2, seed=1)
+    r = H.patch_heads(bundled, pairs, metric="kl_to_clean")
+    assert r.metric == "kl_to_clean" and torch.equal(r.mean(), r.values["kl_to_clean"].mean(0))
+    assert "kl_to_clean" in r.title()
+    with pytest.raises(ValueError, match="not among the computed metrics"):
+        H.patch_heads(bundled, pairs, metric="answer_prob", metrics=("logit_diff",))
