@@ -29,11 +29,13 @@ __all__ = ["attribution_patching", "activations_and_gradients"]
 
 
 def activations_and_gradients(model: Any, pairs: PromptPairs, ids: torch.Tensor, with_grad: bool
-                              ) -> tuple[dict[tuple[str, int], torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
-    """Activations of every site for ``ids`` ``[N, seq]`` and, if ``with_grad``, the
+                              ) -> tuple[dict[tuple[str, int], torch.Tensor],
+                                         dict[tuple[str, int], torch.Tensor], torch.Tensor]:
+    """Activations of every site for ``ids`` ``[N, seq]``, if ``with_grad`` the
     gradient of the summed logit difference (answer - distractor of each pair)
-    with respect to each of them.  Only activations carry gradients: the weights
-    stay frozen, so no weight gradient is ever computed.
+    with respect to each of them, and the last-position logits ``[N, vocab]``.
+    Only activations carry gradients: the weights stay frozen, so no weight
+    gradient is ever computed.
 
     Keys: ``("resid", 0..n_layers)``, ``("attn", L)``, ``("mlp", L)``, ``("head", L)``
     (the c_proj input); values ``[N, seq, d_model]``.
@@ -63,7 +65,7 @@ def activations_and_gradients(model: Any, pairs: PromptPairs, ids: torch.Tensor,
     if with_grad:
         logit_diff(logits, pairs.answer_ids, pairs.distractor_ids).sum().backward()
         grads = {k: v.grad.detach() for k, v in acts.items()}
-    return {k: v.detach() for k, v in acts.items()}, grads
+    return {k: v.detach() for k, v in acts.items()}, grads, logits.detach()
 
 
 def attribution_patching(model: Any, pairs: PromptPairs, direction: Direction = "denoise"
@@ -81,9 +83,11 @@ def attribution_patching(model: Any, pairs: PromptPairs, direction: Direction = 
     f = model_facts(model)
     base_ids = pairs.corrupted_ids if direction == "denoise" else pairs.clean_ids
     src_ids = pairs.clean_ids if direction == "denoise" else pairs.corrupted_ids
-    base_acts, grads = activations_and_gradients(model, pairs, base_ids, with_grad=True)
-    src_acts, _ = activations_and_gradients(model, pairs, src_ids, with_grad=False)
-    base = baselines(model, pairs)
+    base_acts, grads, base_logits = activations_and_gradients(model, pairs, base_ids, with_grad=True)
+    src_acts, _, src_logits = activations_and_gradients(model, pairs, src_ids, with_grad=False)
+    clean_logits, bad_logits = ((src_logits, base_logits) if direction == "denoise"
+                                else (base_logits, src_logits))
+    base = baselines(model, pairs, clean_logits, bad_logits)  # no extra forward passes
     base_ld = base["corrupted" if direction == "denoise" else "clean"]["logit_diff"].to(f.device)
 
     def estimate(site: str, layer: int) -> torch.Tensor:  # [N, seq, d] elementwise terms

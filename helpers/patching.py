@@ -357,14 +357,18 @@ def _metrics(logits: torch.Tensor, pairs: PromptPairs, clean_logits: torch.Tenso
             "kl_to_clean": kl_to_clean(logits, clean_logits[rows_pair])}
 
 
-def baselines(model: Any, pairs: PromptPairs) -> dict[str, dict[str, torch.Tensor]]:
-    """Unpatched metrics of the clean and corrupted runs: {"clean"|"corrupted": {metric: [N]}}."""
+def baselines(model: Any, pairs: PromptPairs, clean_logits: torch.Tensor | None = None,
+              corrupted_logits: torch.Tensor | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Unpatched metrics of the clean and corrupted runs: {"clean"|"corrupted": {metric: [N]}}.
+    Pass the runs' last-position logits ``[N, vocab]`` if you have them already."""
     _check_pairs(model, pairs)
-    _, clean_logits = cache_activations(model, pairs.clean_ids, [])
-    _, bad_logits = cache_activations(model, pairs.corrupted_ids, [])
+    if clean_logits is None:
+        clean_logits = cache_activations(model, pairs.clean_ids, [])[1]
+    if corrupted_logits is None:
+        corrupted_logits = cache_activations(model, pairs.corrupted_ids, [])[1]
     rows = torch.arange(len(pairs), device=clean_logits.device)
     return {"clean": _metrics(clean_logits, pairs, clean_logits, rows),
-            "corrupted": _metrics(bad_logits, pairs, clean_logits, rows)}
+            "corrupted": _metrics(corrupted_logits, pairs, clean_logits, rows)}
 
 
 def _rows_per_chunk(model: Any, seq: int, memory_mb: float) -> int:
@@ -437,27 +441,25 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
     values = {m: base_m[m][:, None].repeat(1, k_total).clone() for m in metrics}
     two_logits = metrics == ("logit_diff",)
     answer_pairs = torch.stack([pairs.answer_ids, pairs.distractor_ids], 1)
-    jobs = [(i, k) for k in live for i in range(n)]  # (pair, patch set)
     if method == "loop":  # the textbook loop: every patch, one plain forward each
-        jobs = [(i, k) for k in range(k_total) for i in range(n)]
         chunks = [[(i, k) for i in range(n)] for k in range(k_total)]
     else:
+        jobs = [(i, k) for k in live for i in range(n)]  # (pair, patch set)
         size = batch_size or _rows_per_chunk(model, seq, memory_mb)
         chunks = [jobs[j: j + size] for j in range(0, len(jobs), size)]
     bar = _progress(len(chunks), progress, f"{site} {direction}")
     for chunk in chunks:
         pair_idx = torch.tensor([i for i, _ in chunk])
-        if base_cache is not None:
-            cols = answer_pairs[pair_idx] if two_logits else None
-            logits = run_patch_sets(model, base_cache, source, [patch_sets[k] for _, k in chunk],
-                                    pair_idx, first, cols)
-            if two_logits:
-                got = {"logit_diff": logits[:, 0] - logits[:, 1]}
+        sets = [patch_sets[k] for _, k in chunk]
+        if base_cache is not None and two_logits:  # only the answer and distractor logits
+            both = run_patch_sets(model, base_cache, source, sets, pair_idx, first,
+                                  answer_pairs[pair_idx])
+            got = {"logit_diff": both[:, 0] - both[:, 1]}
         else:
-            logits = run_with_patches(model, base_ids[pair_idx], source,
-                                      [patch_sets[k] for _, k in chunk], pair_idx,
-                                      all_logits=method == "loop")
-        if not (two_logits and base_cache is not None):
+            logits = (run_patch_sets(model, base_cache, source, sets, pair_idx, first)
+                      if base_cache is not None else
+                      run_with_patches(model, base_ids[pair_idx], source, sets, pair_idx,
+                                       all_logits=method == "loop"))
             got = _metrics(logits, pairs, clean_logits, pair_idx.to(logits.device))
         set_idx = torch.tensor([k for _, k in chunk])
         for m in metrics:
