@@ -22,8 +22,10 @@ import torch
 
 from helpers.metrics import logit_diff
 from helpers.models import model_facts
-from helpers.patching import Direction, PatchResult, _check_direction, _check_pairs, _layer_labels, baselines
+from helpers.patching import (Direction, PatchResult, _check_direction, _check_pairs, _layer_labels,
+                              baselines, locate_non_finite)
 from helpers.prompts import PromptPairs
+from helpers.validate import check_finite
 
 __all__ = ["attribution_patching", "activations_and_gradients"]
 
@@ -61,10 +63,13 @@ def activations_and_gradients(model: Any, pairs: PromptPairs, ids: torch.Tensor,
                 acts[key] = value
         logits = model.lm_head.output[:, -1].save()
         acts = nnsight.save(acts)  # a dict built inside a trace must be saved to survive it
+    check_finite(logits.detach(), "the logits of this forward pass",
+                 lambda: locate_non_finite(model, ids))
     grads: dict[tuple[str, int], torch.Tensor] = {}
     if with_grad:
         logit_diff(logits, pairs.answer_ids, pairs.distractor_ids).sum().backward()
-        grads = {k: v.grad.detach() for k, v in acts.items()}
+        grads = {k: check_finite(v.grad.detach(), f"the gradient at {k[0]} {k[1]}")
+                 for k, v in acts.items()}
     return {k: v.detach() for k, v in acts.items()}, grads, logits.detach()
 
 

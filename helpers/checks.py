@@ -7,12 +7,14 @@ wrong.  ``solution(name)`` prints a worked solution.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from helpers.patching import PatchResult
+from helpers.validate import norm_index
 
 __all__ = ["check_normalised_score", "check_peak_position", "check_top_head", "check_direction_word",
            "solution", "SOLUTIONS"]
@@ -29,6 +31,22 @@ SOLUTIONS = {
 }
 
 
+def _never_raises(check: Callable[..., bool]) -> Callable[..., bool]:
+    """A check prints a hint instead of raising, whatever it is given: a learner's typo
+    (a wrong type, an index out of range) is feedback, not a traceback."""
+
+    @functools.wraps(check)
+    def wrapper(*args: Any, **kwargs: Any) -> bool:
+        try:
+            return check(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - reported to the learner, never hidden
+            print(f"Not yet: the check could not use what it was given ({type(err).__name__}: {err}). "
+                  f"Look at the exercise's instructions for the expected kind of answer.")
+            return False
+
+    return wrapper
+
+
 def _missing(answer: Any) -> bool:
     return answer is None or answer is Ellipsis
 
@@ -38,6 +56,7 @@ def _report(ok: bool, hint: str) -> bool:
     return ok
 
 
+@_never_raises
 def check_normalised_score(answer: Any, patched: float, clean: float, corrupted: float) -> bool:
     """Is ``answer`` the normalised score of ``patched`` between the two baselines?"""
     hint = "0 should mean 'as bad as the corrupted run' and 1 'as good as the clean run'."
@@ -51,6 +70,7 @@ def check_normalised_score(answer: Any, patched: float, clean: float, corrupted:
     return _report(ok, hint)
 
 
+@_never_raises
 def check_peak_position(answer: Any, result: PatchResult, layer: int) -> bool:
     """Is ``answer`` (a role such as "S2", a position index, or a label) where row
     ``layer`` of a layer x position result peaks?"""
@@ -58,13 +78,20 @@ def check_peak_position(answer: Any, result: PatchResult, layer: int) -> bool:
             "darkest blue? Answer with its role (e.g. 'END') or its index.")
     if _missing(answer):
         return _report(False, hint)
-    row = _grid(result)[layer]
+    row = _grid(result)[norm_index(layer, len(result.labels["layer"]), "layer", "rows in this result")]
     best = int(row.argmax())
     role_at = {p: r for r, p in result.prompts.positions.items()}
-    ok = answer in (best, result.labels["position"][best], role_at.get(best, object()))
+    if isinstance(answer, str):
+        ok = answer.strip() in (result.labels["position"][best], role_at.get(best, ""))
+    else:
+        try:
+            ok = norm_index(answer, len(row), "answer", "positions") == best
+        except (TypeError, ValueError):
+            ok = False
     return _report(ok, hint)
 
 
+@_never_raises
 def check_top_head(answer: Any, result: PatchResult) -> bool:
     """Is ``answer`` = (layer, head) the head with the largest score?"""
     hint = "find the darkest blue cell of the layer x head heatmap; answer (layer, head)."
@@ -79,8 +106,11 @@ def check_top_head(answer: Any, result: PatchResult) -> bool:
     return _report(ok, hint)
 
 
+@_never_raises
 def check_direction_word(answer: Any, question: str = "sufficiency") -> bool:
     """Which direction tests ``question`` ("sufficiency" or "necessity")?"""
+    if question not in ("sufficiency", "necessity"):
+        raise ValueError(f"question must be 'sufficiency' or 'necessity', got {question!r}")
     truth = {"sufficiency": "denoise", "necessity": "noise"}[question]
     hint = "which run do you start from, and what do you patch in?"
     if _missing(answer):

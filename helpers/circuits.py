@@ -9,11 +9,13 @@ patched in one batched sweep.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from helpers.models import model_facts
-from helpers.patching import Direction, Patch, patch_components
+from helpers.patching import Direction, Patch, _check_pairs, _normalise_patch, patch_components
+from helpers.validate import as_count
 from helpers.prompts import PromptPairs
 
 __all__ = ["CircuitSearch", "minimal_circuit", "component_patch", "all_components"]
@@ -26,12 +28,19 @@ def all_components(model: Any) -> list[str]:
            [f"MLP{l}" for l in range(f.n_layers)]
 
 
+_COMPONENT = re.compile(r"L(-?\d+)H(-?\d+)|MLP(-?\d+)")
+
+
 def component_patch(name: str) -> Patch:
     """``"L1H2"`` -> head 2 of layer 1, ``"MLP1"`` -> MLP of layer 1; all positions."""
-    if name.startswith("MLP"):
-        return Patch("mlp", int(name[3:]))
-    layer, head = name[1:].split("H")
-    return Patch("head", int(layer), None, int(head))
+    m = _COMPONENT.fullmatch(name.strip()) if isinstance(name, str) else None
+    if m is None:
+        raise ValueError(f"unknown component {name!r}: write a head as 'L<layer>H<head>' (e.g. "
+                         "'L0H3') and an MLP as 'MLP<layer>' (e.g. 'MLP0'); all_components(model) "
+                         "lists every one")
+    if m.group(3) is not None:
+        return Patch("mlp", int(m.group(3)))
+    return Patch("head", int(m.group(1)), None, int(m.group(2)))
 
 
 @dataclass
@@ -96,7 +105,17 @@ def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
     corrupted prompts apart raises ``GapTooSmallError`` (``min_gap`` overrides the
     limit, see ``helpers.metrics.normalised``).
     """
+    _check_pairs(model, pairs)
+    if isinstance(candidates, str):
+        candidates = [candidates]
     pool = list(candidates or all_components(model))
+    f = model_facts(model)
+    for c in pool:  # parse and range-check every name before any forward pass
+        _normalise_patch(component_patch(c), f.n_layers, f.n_heads, pairs.seq_len)
+    if len(set(pool)) != len(pool):
+        raise ValueError(f"candidates repeat a component: {sorted(c for c in set(pool) if pool.count(c) > 1)}")
+    threshold = float(threshold)
+    max_steps = as_count(max_steps, "max_steps")
     members: list[str] = []
     score, history = float("-inf"), []
     for _ in range(max_steps):

@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from helpers.validate import NonFiniteError
+
 __all__ = ["METRICS", "GapTooSmallError", "logit_diff", "answer_prob", "kl_to_clean",
            "normalised", "mean_and_sem", "MIN_GAP"]
 
@@ -62,6 +64,10 @@ def normalised(values: torch.Tensor, clean: torch.Tensor | float, corrupted: tor
     gap = torch.as_tensor(clean, dtype=values.dtype) - torch.as_tensor(corrupted, dtype=values.dtype)
     limit = MIN_GAP.get(metric, 1e-6) if min_gap is None else min_gap
     smallest = gap.abs().min().item() if gap.numel() else math.nan
+    if gap.numel() and not torch.isfinite(gap).all():
+        raise NonFiniteError(f"the clean or corrupted {metric} is not finite (NaN or infinite), so "
+                             "no normalised score exists: the model's forward pass produced "
+                             "non-finite values (check its weights and dtype)")
     if not smallest >= limit:
         raise GapTooSmallError(
             f"the clean and corrupted {metric} differ by only {smallest:.3g} (< {limit:g}), so a "

@@ -57,13 +57,19 @@ def _resolve(name: str | os.PathLike) -> tuple[str, bool]:
         return str(BUNDLED_MODELS[text]), True
     path = Path(text).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelLoadError(f"the folder {text!r} has no config.json: save a model there with "
-                                 "model.save_pretrained(folder) and tokenizer.save_pretrained(folder)")
+        _check_folder(path, text)
         return str(path), True
     if text in HUB_ALIASES:
         return HUB_ALIASES[text], False
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
+    parent = path.parent
+    if looks_like_path or (text.count("/") == 1 and parent.is_dir() and str(parent) not in ("", ".")):
+        near = sorted(p.name for p in parent.iterdir() if p.is_dir())[:8] if parent.is_dir() else []
+        raise ModelLoadError(
+            f"no folder {text!r} (looked in {str(parent) or '.'!r} relative to the working "
+            f"directory{', which has: ' + ', '.join(near) if near else ''}). Check the path; "
+            "a hub id has the form 'organisation/name' and no folder of that name exists here.")
+    if text.count("/") == 1:
         return text, False
     raise ModelLoadError(
         f"unknown model {text!r}: not a bundled model ({', '.join(BUNDLED_MODELS)}), not a folder, "
@@ -72,9 +78,65 @@ def _resolve(name: str | os.PathLike) -> tuple[str, bool]:
         "a cached copy), or the path of a folder written by save_pretrained.")
 
 
+def _check_folder(path: Path, text: str) -> None:
+    if not (path / "config.json").exists():
+        raise ModelLoadError(f"the folder {text!r} has no config.json: save a model there with "
+                             "model.save_pretrained(folder) and tokenizer.save_pretrained(folder)")
+
+
+def _check_files(path: Path, text: str) -> None:
+    """Besides its config, a local model folder needs safetensors weights and a tokenizer."""
+    if not list(path.glob("*.safetensors")):
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        found = f" It has {', '.join(pickles)}: pickled weights, which" if pickles else " Pickled weights"
+        raise ModelLoadError(
+            f"the folder {text!r} has no .safetensors weights.{found} PatchLab does not load, "
+            "because unpickling a file can run any code it contains. Convert them once, on a "
+            "machine where you trust the file: model = AutoModelForCausalLM.from_pretrained(folder); "
+            "model.save_pretrained(folder, safe_serialization=True)")
+    tokenizer_files = ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer_config.json")
+    if not any((path / f).exists() for f in tokenizer_files):
+        raise ModelLoadError(
+            f"the folder {text!r} has weights but no tokenizer ({', '.join(tokenizer_files)} are "
+            "all missing), so every text would become no tokens. Save the tokenizer next to the "
+            "weights: AutoTokenizer.from_pretrained(<where the model came from>).save_pretrained(folder)")
+
+
+def _device(device: str | torch.device | None) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelLoadError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1' or 'mps'") from err
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(dev.type, False):
+        have = [k for k, ok in available.items() if ok]
+        raise ModelLoadError(f"device {device!r} is not available on this machine (torch sees: "
+                             f"{', '.join(have)}). Use device='cpu', or a machine with a {dev.type} device.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                             "device(s), numbered from 0")
+    return dev
+
+
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    found = getattr(torch, dtype.replace("torch.", ""), None) if isinstance(dtype, str) else dtype
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)} (a string or "
+                             "torch.float32 etc.)")
+    return found
+
+
 def _offline_hint(source: str) -> str:
     return (f"could not load {source!r} from the Hugging Face hub: this machine cannot reach it "
-            f"and no cached copy was found. Use the bundled offline model with "
+            f"and no cached copy was found (nor is there a local folder of that name). Use the bundled offline model with "
             f"load_model('{DEFAULT_MODEL}'), download the model on a machine with network access "
             "(it is then cached under ~/.cache/huggingface and loads with HF_HUB_OFFLINE=1), or "
             "pass the path of a folder written by save_pretrained.")
@@ -125,12 +187,13 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.devi
             f"{str(name)!r} is a {config.model_type!r} model; helpers supports GPT-2-family models "
             f"({', '.join(SUPPORTED_MODEL_TYPES)}: GPT2LMHeadModel with transformer.h[i].attn.c_proj), "
             "because the sweeps patch those modules by name.")
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.replace("torch.", ""), None) or _bad_dtype(dtype)
+    if local:
+        _check_files(Path(source), str(name) if str(name) not in BUNDLED_MODELS else source)
+    dtype, device = _dtype(dtype), _device(device)
     try:
         with _quiet_transformers():
             hf = GPT2LMHeadModel.from_pretrained(
-                source, dtype=dtype or torch.float32, use_safetensors=True, trust_remote_code=False,
+                source, dtype=dtype, use_safetensors=True, trust_remote_code=False,
                 local_files_only=local, attn_implementation="eager")
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local,
                                                       trust_remote_code=False)
@@ -143,6 +206,9 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.devi
     hf.eval().requires_grad_(False)
     if device is not None:
         hf.to(device)
+    if not tokenizer("The cat", add_special_tokens=False)["input_ids"]:
+        raise ModelLoadError(f"the tokenizer of {str(name)!r} turns text into no tokens (is its "
+                             "tokenizer.json empty?): save the model's real tokenizer next to it")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = TransformersModel(hf, tokenizer=tokenizer)
@@ -168,10 +234,6 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _bad_dtype(dtype: str) -> torch.dtype:
-    raise ModelLoadError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'float64' or 'bfloat16'")
-
-
 def hf_model(model: Any) -> Any:
     """The ``transformers`` model inside an nnsight model (or the argument itself)."""
     inner = getattr(model, "_module", None)  # nnsight keeps the torch module here
@@ -181,7 +243,10 @@ def hf_model(model: Any) -> Any:
 def model_facts(model: Any) -> ModelFacts:
     """Shapes, device and dtype of a loaded GPT-2-family model."""
     hf = hf_model(model)
-    cfg = hf.config
+    cfg = getattr(hf, "config", None)
+    if not isinstance(hf, torch.nn.Module) or cfg is None:
+        raise TypeError(f"expected a model from helpers.load_model, got {type(model).__name__}: "
+                        "pass the model first, e.g. patch_residual(model, pairs)")
     if getattr(cfg, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         raise ModelLoadError(f"helpers supports GPT-2-family models, not {cfg.model_type!r}")
     p = next(hf.parameters())

@@ -13,7 +13,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["in_colab", "setup", "output_dir", "save_json", "stamp", "repo_root", "check_versions"]
+from helpers.validate import json_text
+
+__all__ = ["in_colab", "setup", "output_dir", "save_json", "stamp", "repo_root", "check_versions",
+           "ParameterError", "check_parameters", "choose_layer", "small"]
 
 
 def in_colab() -> bool:
@@ -23,14 +26,20 @@ def in_colab() -> bool:
 
 def setup(seed: int = 0, threads: int | None = 1) -> float:
     """Seed python and torch, use deterministic kernels and (by default) one CPU
-    thread, so that a rerun prints the same numbers.  Returns the start time
-    for ``stamp``."""
+    thread, so that a rerun prints the same numbers; pandas tables show 4 decimals.
+    Returns the start time for ``stamp``."""
     random.seed(seed)
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:  # tables print 4 decimals: the 6th decimal differs between CPU models
+        import pandas as pd
+
+        pd.set_option("display.precision", 4)
+    except ImportError:
+        pass
     return time.time()
 
 
@@ -68,7 +77,7 @@ def save_json(data: Any, path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON and print where (relative to the repository)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1, default=_jsonable) + "\n")
+    path.write_text(json_text(data, default=_jsonable))
     print(f"wrote {_shown(path)}")
     return path
 
@@ -101,7 +110,7 @@ def stamp(model_name: str, seed: int, start: float) -> dict:
     return info
 
 
-MINIMUM = {"torch": "2.2", "nnsight": "0.8", "transformers": "5.0"}
+MINIMUM = {"torch": "2.2", "nnsight": "0.8", "transformers": "5.15.0"}
 
 
 def check_versions() -> None:
@@ -127,3 +136,91 @@ def _version_tuple(text: str) -> tuple[int, ...]:
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits or 0))
     return tuple(parts)
+
+
+class ParameterError(ValueError):
+    """A notebook parameter (papermill ``-p``) of the wrong type or out of range."""
+
+
+def _rules() -> dict[str, tuple[str, Any, str]]:
+    """name -> (what it must be, a test returning an error text or None, a valid example)."""
+    from helpers.behaviours import REFUSAL
+    from helpers.metrics import METRICS
+    from helpers.prompts import CORRUPTIONS, TEMPLATES
+
+    def integer(low: int | None = None, high: int | None = None, none_ok: bool = False):
+        def test(v: Any) -> str | None:
+            if v is None and none_ok:
+                return None
+            if isinstance(v, bool) or not isinstance(v, int):
+                return "not an integer"
+            if (low is not None and v < low) or (high is not None and v > high):
+                return "out of range"
+            return None
+        return test
+
+    def one_of(options: tuple) -> Any:
+        return lambda v: None if v in options else "not one of the choices"
+
+    def kind(t: type) -> Any:
+        return lambda v: None if isinstance(v, t) else f"not a {t.__name__}"
+
+    def number(v: Any) -> str | None:
+        return None if isinstance(v, (int, float)) and not isinstance(v, bool) else "not a number"
+
+    n_templates = max(len(TEMPLATES), len(REFUSAL.templates) + len(REFUSAL.heldout_templates))
+    return {
+        "model_name": ("a model name: 'ioi-tiny', a hub id or a folder", kind(str), "-r model_name ioi-tiny"),
+        "n_pairs": ("a whole number >= 1", integer(1), "-p n_pairs 16"),
+        "n_eval": ("a whole number >= 1", integer(1), "-p n_eval 200"),
+        "template": (f"a template index 0 .. {n_templates - 1} (this chapter's list)",
+                     integer(-n_templates, n_templates - 1), "-p template 0"),
+        "corruption": (f"one of {', '.join(CORRUPTIONS)}", one_of(CORRUPTIONS), "-r corruption s2_swap"),
+        "seed": ("a whole number >= 0", integer(0), "-p seed 0"),
+        "metric": (f"one of {', '.join(METRICS)}", one_of(METRICS), "-r metric logit_diff"),
+        "normalise": ("True or False", kind(bool), "-p normalise False"),
+        "layer": ("None or a block index (negative counts from the end)", integer(none_ok=True),
+                  "-p layer 2"),
+        "output_dir": ("a folder name or path", kind(str), "-r output_dir outputs"),
+        "show_widgets": ("True or False", kind(bool), "-p show_widgets False"),
+        "threshold": ("a number between 0 and 2", lambda v: number(v) or (None if 0 < v <= 2 else "out of range"),
+                      "-p threshold 0.8"),
+    }
+
+
+def check_parameters(params: dict[str, Any]) -> None:
+    """Check a notebook's parameters (pass ``globals()``; only the names listed in the rules
+    are read).  Raises ``ParameterError`` naming the parameter, what it must be and a
+    valid papermill argument; prints nothing when all is well."""
+    problems = []
+    for name, (what, test, example) in _rules().items():
+        if name not in params:
+            continue
+        why = test(params[name])
+        if why:
+            problems.append(f"{name}={params[name]!r} ({type(params[name]).__name__}) is {why}: "
+                            f"it must be {what}, e.g. papermill {example}")
+    if problems:
+        raise ParameterError("bad notebook parameter" + ("s" if len(problems) > 1 else "") + ":\n  "
+                             + "\n  ".join(problems))
+
+
+def choose_layer(layer: Any, n_layers: int, low: int = 0) -> int:
+    """The block a chapter zooms in on: ``layer`` (negative counts from the end), or the
+    middle block ``n_layers // 2`` when ``layer`` is None.  It must be in ``low .. n_layers-1``."""
+    from helpers.validate import norm_index
+
+    if layer is None:
+        return max(low, n_layers // 2)
+    chosen = norm_index(layer, n_layers, "layer", "blocks in this model")
+    if chosen < low:
+        raise ParameterError(f"layer={layer} is block {chosen}: this chapter needs a block from {low} "
+                             f"to {n_layers - 1}, e.g. papermill -p layer {max(low, n_layers // 2)}")
+    return chosen
+
+
+def small(x: float, floor: float = 1e-6) -> str:
+    """A difference for printing: ``"below 1e-6"`` under ``floor`` (float rounding, which
+    differs between CPUs: never print it as a number), else two significant digits."""
+    limit = f"{floor:g}".replace("e-0", "e-")
+    return f"below {limit}" if abs(float(x)) < floor else f"{float(x):.2g}"

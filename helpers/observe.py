@@ -8,7 +8,9 @@ import torch
 
 from helpers.metrics import logit_diff
 from helpers.models import model_facts
-from helpers.prompts import IOIPrompt, PromptError, check_in_vocabulary, single_token_id
+from helpers.patching import locate_non_finite
+from helpers.prompts import IOIPrompt, PromptError, single_token_id, token_ids
+from helpers.validate import as_count, check_finite, check_ids, norm_index
 
 __all__ = ["encode", "top_predictions", "ioi_accuracy", "IOIAccuracy", "attention_patterns",
            "last_logits"]
@@ -18,27 +20,30 @@ def encode(model: Any, text: str | Sequence[str]) -> torch.Tensor:
     """Token ids ``[batch, seq]`` for one text or several of the same token length;
     words outside a word-level vocabulary raise ``PromptError``."""
     texts = [text] if isinstance(text, str) else list(text)
-    rows = []
-    for t in texts:
-        check_in_vocabulary(model.tokenizer, t)
-        rows.append(model.tokenizer(t)["input_ids"])
+    if not texts:
+        raise PromptError("no text to encode: give a string or a non-empty list of strings")
+    f = model_facts(model)
+    rows = [token_ids(model.tokenizer, t) for t in texts]
     if len({len(r) for r in rows}) > 1:
         raise PromptError(f"texts have different token lengths {[len(r) for r in rows]}; "
                           "run them one at a time or use prompts of equal length")
-    return torch.tensor(rows, device=model_facts(model).device)
+    return check_ids(torch.tensor(rows), f.vocab_size, f.n_positions, "the prompt's tokens").to(f.device)
 
 
 def last_logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
     """Logits of the last position, ``[batch, vocab]``, in one traced forward."""
-    with torch.no_grad(), model.trace(ids, logits_to_keep=1, use_cache=False):
+    f = model_facts(model)
+    ids = check_ids(ids, f.vocab_size, f.n_positions)
+    with torch.no_grad(), model.trace(ids.to(f.device), logits_to_keep=1, use_cache=False):
         out = model.lm_head.output[:, -1].clone().save()
-    return out
+    return check_finite(out, "the logits of this forward pass", lambda: locate_non_finite(model, ids))
 
 
 def top_predictions(model: Any, text: str, k: int = 5) -> list[tuple[str, float]]:
     """The ``k`` most likely next tokens after ``text`` with their probabilities."""
+    k = as_count(k, "k")
     probs = last_logits(model, encode(model, text))[0].float().softmax(-1)
-    p, idx = probs.topk(k)
+    p, idx = probs.topk(min(k, probs.shape[-1]))
     return [(model.tokenizer.decode([int(i)]), float(q)) for q, i in zip(p, idx)]
 
 
@@ -56,10 +61,18 @@ class IOIAccuracy:
 def ioi_accuracy(model: Any, prompts: Sequence[IOIPrompt], batch_size: int = 64) -> IOIAccuracy:
     """Evaluate IOI prompts of any lengths (grouped by length, no padding)."""
     tok = model.tokenizer
+    batch_size = as_count(batch_size, "batch_size")
+    if isinstance(prompts, IOIPrompt):
+        prompts = [prompts]
+    if not prompts:
+        raise PromptError("no prompts to evaluate: give a non-empty list (e.g. "
+                          "helpers.random_ioi_prompts(100))")
     groups: dict[int, list[tuple[list[int], int, int]]] = {}
     for p in prompts:
-        check_in_vocabulary(tok, p.text)
-        ids = tok(p.text)["input_ids"]
+        if not isinstance(p, IOIPrompt):
+            raise PromptError(f"ioi_accuracy takes IOIPrompt objects (helpers.random_ioi_prompts), "
+                              f"got {type(p).__name__}")
+        ids = token_ids(tok, p.text)
         groups.setdefault(len(ids), []).append((ids, single_token_id(tok, p.io),
                                                 single_token_id(tok, p.s)))
     hits, diffs = [], []
@@ -67,7 +80,7 @@ def ioi_accuracy(model: Any, prompts: Sequence[IOIPrompt], batch_size: int = 64)
     for items in groups.values():
         for j in range(0, len(items), batch_size):
             chunk = items[j: j + batch_size]
-            logits = last_logits(model, torch.tensor([c[0] for c in chunk], device=device))
+            logits = last_logits(model, torch.tensor([c[0] for c in chunk]))
             io = torch.tensor([c[1] for c in chunk], device=device)
             s = torch.tensor([c[2] for c in chunk], device=device)
             hits.append(logits.argmax(-1) == io)
@@ -84,8 +97,8 @@ def attention_patterns(model: Any, ids: torch.Tensor, layer: int) -> torch.Tenso
     are query positions, columns the key positions they attend to.
     """
     f = model_facts(model)
-    if not 0 <= layer < f.n_layers:
-        raise ValueError(f"layer {layer} is out of range: this model has layers 0 .. {f.n_layers - 1}")
+    layer = norm_index(layer, f.n_layers, "layer", "blocks in this model")
+    ids = check_ids(ids, f.vocab_size, f.n_positions)
     with torch.no_grad(), model.trace(ids.to(f.device), logits_to_keep=1, use_cache=False):
         weights = model.transformer.h[layer].attn.output[1]
         pattern = weights.clone().save() if weights is not None else None

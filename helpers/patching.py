@@ -44,10 +44,11 @@ from helpers.fastpatch import cache_base_run, run_patch_sets, supports_fast_path
 from helpers.metrics import METRICS, answer_prob, kl_to_clean, logit_diff, mean_and_sem, normalised
 from helpers.models import hf_model, model_facts
 from helpers.prompts import PromptError, PromptPairs
+from helpers.validate import as_index, check_finite, check_ids, first_non_finite, json_text, norm_index
 
 __all__ = ["Patch", "PatchResult", "Direction", "SITES", "patch_residual", "patch_attn_out",
            "patch_mlp_out", "patch_heads", "patch_components", "sweep", "run_with_patches",
-           "baselines", "cache_activations", "DEFAULT_MEMORY_MB"]
+           "baselines", "cache_activations", "locate_non_finite", "DEFAULT_MEMORY_MB"]
 
 Direction = Literal["denoise", "noise"]
 SITES = ("resid", "attn", "mlp", "head")
@@ -68,6 +69,19 @@ class Patch:
     position: int | None = None
     head: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.site not in SITES:
+            raise ValueError(f"unknown site {self.site!r}; choose one of {SITES}")
+        object.__setattr__(self, "layer", as_index(self.layer, "layer"))
+        for name in ("position", "head"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, as_index(value, name))
+        if self.site == "head" and self.head is None:
+            raise ValueError("site 'head' needs head=: Patch('head', layer, position, head)")
+        if self.site != "head" and self.head is not None:
+            raise ValueError(f"head= only applies to site 'head', not {self.site!r}")
+
     def label(self) -> str:
         where = "all" if self.position is None else str(self.position)
         if self.site == "head":
@@ -77,23 +91,28 @@ class Patch:
 
 # --------------------------------------------------------------------------- validation
 
-def _check_patch(p: Patch, n_layers: int, n_heads: int, seq: int) -> None:
-    if p.site not in SITES:
-        raise ValueError(f"unknown site {p.site!r}; choose one of {SITES}")
-    top = n_layers if p.site == "resid" else n_layers - 1
-    if not (isinstance(p.layer, int) and 0 <= p.layer <= top):
-        rows = "residual rows 0 (embeddings) .. " if p.site == "resid" else "layers 0 .. "
-        raise ValueError(f"layer {p.layer!r} is out of range for {p.site!r}: this model has "
-                         f"{rows}{top}")
-    if p.position is not None and not (isinstance(p.position, int) and -seq <= p.position < seq):
-        raise ValueError(f"position {p.position!r} is out of range: the prompts have {seq} tokens "
-                         f"(positions 0 .. {seq - 1}, or negative from the end)")
-    if p.site == "head":
-        if not (isinstance(p.head, int) and 0 <= p.head < n_heads):
-            raise ValueError(f"head {p.head!r} is out of range: layer {p.layer} has heads "
-                             f"0 .. {n_heads - 1}")
-    elif p.head is not None:
-        raise ValueError(f"head= only applies to site 'head', not {p.site!r}")
+def _rows(site: str, n_layers: int) -> int:
+    """How many layer indices a site has: residual rows 0 (embeddings) .. n_layers, else blocks."""
+    return n_layers + 1 if site == "resid" else n_layers
+
+
+def _normalise_patch(p: Patch, n_layers: int, n_heads: int, seq: int) -> Patch:
+    """``p`` with every index checked and made non-negative (Python's meaning of negatives)."""
+    what = ("residual rows, 0 = embeddings and L = output of block L-1," if p.site == "resid"
+            else "blocks in this model")
+    layer = norm_index(p.layer, _rows(p.site, n_layers), "layer", what)
+    position = None if p.position is None else norm_index(p.position, seq, "position",
+                                                           "token positions in these prompts")
+    head = None if p.head is None else norm_index(p.head, n_heads, "head", "heads per layer")
+    return Patch(p.site, layer, position, head)
+
+
+def _site_layer(site: str, layer: Any, n_layers: int) -> tuple[str, int]:
+    if site not in SITES:
+        raise ValueError(f"unknown site {site!r}; choose one of {SITES}")
+    what = ("residual rows, 0 = embeddings and L = output of block L-1," if site == "resid"
+            else "blocks in this model")
+    return site, norm_index(layer, _rows(site, n_layers), "layer", what)
 
 
 def _check_direction(direction: str) -> None:
@@ -107,13 +126,17 @@ def _check_pairs(model: Any, pairs: PromptPairs) -> None:
         raise PromptError("expected a PromptPairs object (see helpers.ioi_pairs, pairs_from_prompt "
                           f"or make_pairs), got {type(pairs).__name__}")
     facts = model_facts(model)
-    if pairs.seq_len > facts.n_positions:
-        raise PromptError(f"prompts have {pairs.seq_len} tokens but the model takes at most "
-                          f"{facts.n_positions}")
-    top = int(max(pairs.clean_ids.max(), pairs.corrupted_ids.max()))
-    if top >= facts.vocab_size:
-        raise PromptError(f"token id {top} is outside the model's vocabulary ({facts.vocab_size}): "
-                          "were the prompts tokenized for another model?")
+    for run in ("clean", "corrupted"):
+        try:
+            check_ids(getattr(pairs, f"{run}_ids"), facts.vocab_size, facts.n_positions,
+                      f"the {run} prompts' token ids")
+        except ValueError as err:
+            raise PromptError(str(err)) from None
+    same = (pairs.clean_ids == pairs.corrupted_ids).all(1).nonzero().flatten().tolist()
+    if same:
+        raise PromptError(f"pair(s) {same} have identical clean and corrupted prompts "
+                          f"({pairs.clean[same[0]]!r}): patching one run into the other changes "
+                          "nothing. Corrupt the prompt (e.g. corruption='s2_swap').")
 
 
 # --------------------------------------------------------------------------- modules
@@ -158,15 +181,39 @@ def cache_activations(model: Any, ids: torch.Tensor, sites: Iterable[tuple[str, 
 
     Activations are ``[batch, seq, d_model]`` (``head`` sites: the whole c_proj
     input ``[batch, seq, n_heads * d_head]``); logits are ``[batch, vocab]``.
+    Layers may be negative (Python's meaning); the keys use the non-negative index.
     """
-    sites = sorted(set(sites), key=lambda s: _order_key(*s))
+    facts = model_facts(model)
+    ids = check_ids(ids, facts.vocab_size, facts.n_positions)
+    sites = sorted({_site_layer(site, layer, facts.n_layers) for site, layer in sites},
+                   key=lambda s: _order_key(*s))
     cache: dict[tuple[str, int], torch.Tensor] = {}
-    with torch.no_grad(), model.trace(ids.to(model_facts(model).device), logits_to_keep=1, use_cache=False):
+    with torch.no_grad(), model.trace(ids.to(facts.device), logits_to_keep=1, use_cache=False):
         for site, layer in sites:
             mod, kind = _module(model, site, layer)
             cache[(site, layer)] = _read(mod, kind).clone().save()
         logits = model.lm_head.output[:, -1].clone().save()
+    check_finite(logits, "the logits of this forward pass", lambda: locate_non_finite(model, ids))
     return cache, logits
+
+
+def locate_non_finite(model: Any, ids: torch.Tensor) -> str | None:
+    """The first module, in forward order, whose output holds a NaN or infinity for ``ids``
+    ``[batch, seq]`` (or None if every output is finite), e.g. ``"block 1 MLP output
+    (transformer.h[1].mlp)"``."""
+    facts = model_facts(model)
+    t = model.transformer
+    named = []
+    with torch.no_grad(), model.trace(ids.to(facts.device), use_cache=False):
+        named.append(("the embeddings (transformer.drop)", t.drop.output.save()))
+        for layer in range(facts.n_layers):
+            named.append((f"block {layer} attention output (transformer.h[{layer}].attn)",
+                          t.h[layer].attn.output[0].save()))
+            named.append((f"block {layer} MLP output (transformer.h[{layer}].mlp)",
+                          t.h[layer].mlp.output.save()))
+        named.append(("the final layer norm (transformer.ln_f)", t.ln_f.output.save()))
+        named.append(("the unembedding (lm_head)", model.lm_head.output.save()))
+    return first_non_finite(named)
 
 
 def run_with_patches(model: Any, ids: torch.Tensor, source: dict[tuple[str, int], torch.Tensor],
@@ -181,8 +228,13 @@ def run_with_patches(model: Any, ids: torch.Tensor, source: dict[tuple[str, int]
     does (the textbook loop), and keeps the last.
     """
     facts = model_facts(model)
+    ids = check_ids(ids, facts.vocab_size, facts.n_positions)
     rows = len(patch_sets)
     seq = ids.shape[1]
+    if rows != ids.shape[0]:
+        raise ValueError(f"{rows} patch sets for {ids.shape[0]} rows of ids: give one set per row")
+    patch_sets = [[_normalise_patch(p, facts.n_layers, facts.n_heads, seq) for p in s]
+                  for s in patch_sets]
     src_rows = torch.arange(rows) if source_rows is None else source_rows.cpu()
     # (site, layer) -> lists of (row, position or None, head or None)
     todo: dict[tuple[str, int], list[tuple[int, int | None, int | None]]] = {}
@@ -193,7 +245,7 @@ def run_with_patches(model: Any, ids: torch.Tensor, source: dict[tuple[str, int]
     for key in sorted(todo, key=lambda k: _order_key(*k)):
         r_idx, p_idx, h_idx = [], [], []
         for r, pos, head in todo[key]:
-            positions = range(seq) if pos is None else [pos % seq]
+            positions = range(seq) if pos is None else [pos]
             for q in positions:
                 r_idx.append(r), p_idx.append(q), h_idx.append(head)
         r_t = torch.tensor(r_idx, device=facts.device)
@@ -217,6 +269,7 @@ def run_with_patches(model: Any, ids: torch.Tensor, source: dict[tuple[str, int]
                 act[r_t, p_t] = value
             _write(mod, kind, act)
         logits = model.lm_head.output[:, -1].clone().save()
+    check_finite(logits, "the logits of the patched runs")
     return logits
 
 
@@ -335,7 +388,7 @@ class PatchResult:
         """Write ``to_dict()`` to ``path`` (parents created); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        path.write_text(json_text(self.to_dict()))
         return path
 
 
@@ -415,9 +468,13 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
         raise ValueError(f"metric {metric!r} is not among the computed metrics {metrics}")
     facts = model_facts(model)
     n, seq = len(pairs), pairs.seq_len
-    for patches in patch_sets:
-        for p in patches:
-            _check_patch(p, facts.n_layers, facts.n_heads, seq)
+    if isinstance(patch_sets, Patch) or any(isinstance(s, Patch) for s in patch_sets):
+        raise ValueError("patch_sets is a list of patch sets (lists of Patch): wrap a single "
+                         "set as [[Patch(...), ...]] or use patch_components")
+    patch_sets = [[_normalise_patch(p, facts.n_layers, facts.n_heads, seq) for p in s]
+                  for s in patch_sets]
+    if not patch_sets:
+        raise ValueError("no patch sets to run: give at least one")
     labels = labels or {"set": [" + ".join(p.label() for p in s) or "(none)" for s in patch_sets]}
     base_ids = pairs.corrupted_ids if direction == "denoise" else pairs.clean_ids
     src_ids = pairs.clean_ids if direction == "denoise" else pairs.corrupted_ids
@@ -426,6 +483,9 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
         method = "batched"
     source, src_logits = cache_activations(model, src_ids, needed)
     base_cache = cache_base_run(model, base_ids) if method == "fast" else None
+    if base_cache is not None:
+        check_finite(base_cache.logits, "the logits of the unpatched run",
+                     lambda: locate_non_finite(model, base_ids))
     base_logits = base_cache.logits if base_cache else cache_activations(model, base_ids, [])[1]
     clean_logits = src_logits if direction == "denoise" else base_logits
     rows_all = torch.arange(n, device=clean_logits.device)
@@ -436,7 +496,7 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
     # A patch set whose positions all lie before the first difference changes nothing.
     first = pairs.first_difference
     live = [k for k, s in enumerate(patch_sets)
-            if any(p.position is None or p.position % seq >= first for p in s)]
+            if any(p.position is None or p.position >= first for p in s)]
     k_total = len(patch_sets)
     values = {m: base_m[m][:, None].repeat(1, k_total).clone() for m in metrics}
     two_logits = metrics == ("logit_diff",)
@@ -461,6 +521,8 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
                       run_with_patches(model, base_ids[pair_idx], source, sets, pair_idx,
                                        all_logits=method == "loop"))
             got = _metrics(logits, pairs, clean_logits, pair_idx.to(logits.device))
+        for m in metrics:
+            check_finite(got[m], f"the patched {m} values ({sets[0][0].label()} ...)")
         set_idx = torch.tensor([k for _, k in chunk])
         for m in metrics:
             values[m][pair_idx.to(values[m].device), set_idx.to(values[m].device)] = got[m]

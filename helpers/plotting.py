@@ -10,6 +10,7 @@ import seaborn as sns
 import torch
 
 from helpers.patching import PatchResult
+from helpers.validate import as_count, check_finite
 
 __all__ = ["plot_patching", "plot_head_positions", "plot_sets", "plot_attention", "ROLE_COLOURS"]
 
@@ -20,9 +21,11 @@ CMAP = "RdBu"  # blue = towards the clean behaviour, red = away from it; white =
 
 def _values(result: PatchResult, metric: str | None, normalise: bool) -> tuple[np.ndarray, str]:
     m = metric or result.metric
-    if normalise:
-        return result.score(m).double().numpy(), f"normalised {m}"
-    return result.mean(m).double().numpy(), f"mean {m}"
+    if m not in result.values:
+        raise ValueError(f"this result has no metric {m!r}; it has {sorted(result.values)}")
+    data = result.score(m) if normalise else result.mean(m)
+    check_finite(data, f"the {m} values to plot")
+    return data.double().numpy(), (f"normalised {m}" if normalise else f"mean {m}")
 
 
 def _mark_roles(ax: Any, labels: Sequence[str], axis: str = "x") -> None:
@@ -75,6 +78,7 @@ def plot_head_positions(result: PatchResult, top: int = 8, metric: str | None = 
     if result.dims != ("layer", "head", "position"):
         raise ValueError(f"expects a head x position result (patch_heads(..., by_position=True)), "
                          f"got dims {result.dims}")
+    top = as_count(top, "top")
     data, what = _values(result, metric, normalise)
     n_l, n_h, n_p = data.shape
     flat = data.reshape(n_l * n_h, n_p)
@@ -118,7 +122,7 @@ def plot_attention(pattern: torch.Tensor, tokens: Sequence[str], title: str = ""
                    ax: Any = None) -> Any:
     """One head's attention pattern ``[seq_q, seq_k]``: row = query position, column =
     the key position it reads from.  ``tokens`` label both axes (roles coloured)."""
-    data = pattern.detach().double().cpu().numpy()
+    data = check_finite(pattern.detach(), "the attention pattern").double().cpu().numpy()
     if data.ndim != 2 or data.shape[0] != data.shape[1] or data.shape[0] != len(tokens):
         raise ValueError(f"expects a [seq, seq] pattern and {data.shape[0] if data.ndim else '?'} "
                          f"token labels, got pattern {tuple(data.shape)} and {len(tokens)} tokens")

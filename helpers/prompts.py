@@ -27,10 +27,12 @@ from typing import Any, Literal, Sequence
 
 import torch
 
+from helpers.validate import as_count, as_index, norm_index
+
 __all__ = [
     "NAMES", "PLACES", "OBJECTS", "TEMPLATES", "TRAIN_TEMPLATES", "HELDOUT_TEMPLATES", "FILLERS",
     "ROLES", "PromptError", "IOIPrompt", "PromptPairs", "ioi_prompt", "random_ioi_prompts",
-    "corrupt", "ioi_pairs", "pairs_from_prompt", "make_pairs", "single_token_id", "single_token_words",
+    "corrupt", "ioi_pairs", "pairs_from_prompt", "make_pairs", "single_token_id", "single_token_words", "token_ids",
     "check_in_vocabulary",
 ]
 
@@ -221,9 +223,31 @@ def _place_object(prompt: IOIPrompt) -> tuple[str, str]:
 
 # --------------------------------------------------------------------------- tokens
 
+def _check_text(text: Any, what: str = "a prompt") -> str:
+    if not isinstance(text, str):
+        raise PromptError(f"{what} must be a string, got {type(text).__name__}: {text!r}")
+    if not text.strip():
+        raise PromptError(f"{what} is empty (or only whitespace): {text!r}. Give the model a "
+                          "sentence, e.g. 'When John and Mary went to the store, Mary gave a drink to'")
+    return text
+
+
 def _encode(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def token_ids(tokenizer: Any, text: str) -> list[int]:
+    """The token ids of ``text`` (special tokens such as a BOS included) after checking it: a
+    non-empty string whose words are all in the vocabulary.  Raises ``PromptError``."""
+    _check_text(text)
+    check_in_vocabulary(tokenizer, text)
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if not [i for i in ids if i not in special]:
+        raise PromptError(f"{text!r} becomes no ordinary token for this tokenizer ({ids}): "
+                          "is the tokenizer empty or the text only special tokens?")
+    return ids
 
 
 def _token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
@@ -251,7 +275,7 @@ def single_token_id(tokenizer: Any, word: str, context: str = "x") -> int:
     """The single token id of ``word`` as it appears after a space (" John" for
     GPT-2, "John" for a word-level tokenizer).  Raises ``PromptError`` if the
     word is several tokens or unknown."""
-    word = word.strip()
+    word = _check_text(word, "an answer word").strip()
     check_in_vocabulary(tokenizer, word)
     base, _ = _encode(tokenizer, context)
     full, _ = _encode(tokenizer, f"{context} {word}")
@@ -352,6 +376,13 @@ def make_pairs(tokenizer: Any, clean: Sequence[str], corrupted: Sequence[str],
     each clean prompt (IO, S1, S2); their token positions must agree across
     pairs.  END is always the last token.
     """
+    for name, seq in (("clean", clean), ("corrupted", corrupted), ("answers", answers),
+                      ("distractors", distractors)):
+        if isinstance(seq, str):
+            raise PromptError(f"{name} must be a list of strings, got one string {seq!r}: "
+                              f"write [{seq!r}]")
+    if role_spans is not None and len(role_spans) != len(clean):
+        raise PromptError(f"role_spans has {len(role_spans)} entries for {len(clean)} prompts")
     n = len(clean)
     if not n or not (len(corrupted) == len(answers) == len(distractors) == n):
         raise PromptError(f"need the same non-zero number of clean prompts ({n}), corrupted "
@@ -360,9 +391,10 @@ def make_pairs(tokenizer: Any, clean: Sequence[str], corrupted: Sequence[str],
     clean_ids, corrupted_ids, positions = [], [], None
     first_tokens: list[str] = []
     first_corrupted: list[str] = []
+    differ: list[int] | None = None
     for i, (c, k) in enumerate(zip(clean, corrupted)):
-        check_in_vocabulary(tokenizer, c)
-        check_in_vocabulary(tokenizer, k)
+        token_ids(tokenizer, _check_text(c, f"clean prompt {i}"))
+        token_ids(tokenizer, _check_text(k, f"corrupted prompt {i}"))
         c_ids, c_off = _encode(tokenizer, c)
         k_ids, _ = _encode(tokenizer, k)
         if len(c_ids) != len(k_ids):
@@ -390,6 +422,17 @@ def make_pairs(tokenizer: Any, clean: Sequence[str], corrupted: Sequence[str],
                 f"roles do not line up: pair 0 has roles at {positions}, pair {i} at {pos} "
                 f"({c!r}). Patching position p must mean the same role in every pair: "
                 "build a set from one template.")
+        where = [j for j, (a, b) in enumerate(zip(c_ids, k_ids)) if a != b]
+        if not where:
+            raise PromptError(f"pair {i}: the clean and corrupted prompts are the same tokens "
+                              f"({c!r}), so patching one into the other changes nothing. Corrupt "
+                              "the prompt (e.g. swap the second mention of the subject).")
+        if role_spans is None and differ is not None and where != differ:
+            raise PromptError(
+                f"the prompts differ at different positions: pair 0 at {differ}, pair {i} at {where} "
+                f"({c!r} / {k!r}). Without role positions, patching position p must mean the same "
+                "thing in every pair: build a set from one template (or pass role_spans=).")
+        differ = where if differ is None else differ
         clean_ids.append(c_ids)
         corrupted_ids.append(k_ids)
     ans = [single_token_id(tokenizer, a) for a in answers]
@@ -434,12 +477,11 @@ def ioi_pairs(tokenizer: Any, n: int = 8, corruption: str = "s2_swap", seed: int
     """
     if corruption not in CORRUPTIONS:
         raise PromptError(f"unknown corruption {corruption!r}; choose one of {CORRUPTIONS}")
-    if n < 1:
-        raise PromptError(f"n must be at least 1, got {n}")
-    if isinstance(template, int):
-        if not 0 <= template < len(TEMPLATES):
-            raise PromptError(f"template index {template} out of range 0..{len(TEMPLATES) - 1}")
-        template = TEMPLATES[template]
+    n = as_count(n, "n")
+    seed = as_index(seed, "seed")
+    if not isinstance(template, str):
+        template = TEMPLATES[norm_index(template, len(TEMPLATES), "template", "templates in "
+                                        "helpers.TEMPLATES")]
     rng = random.Random(seed)
     names_ok = single_token_words(tokenizer, names)
     if len(names_ok) < (5 if corruption == "abc" else 2):
@@ -466,6 +508,7 @@ def pairs_from_prompt(tokenizer: Any, text: str, io: str | None = None, s: str |
     second subject mention with IO (``"s2_swap"``), exchanges the two names
     (``"answer_swap"``), or puts three fresh names in (``"abc"``).
     """
+    _check_text(text)
     words = [(m.group(), m.start(), m.end()) for m in re.finditer(r"\w+", text)]
     if s is None or io is None:
         counts: dict[str, int] = {}

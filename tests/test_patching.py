@@ -239,18 +239,45 @@ def test_tiny_gap_refuses_to_normalise(tmp_path):
 # --------------------------------------------------------------------------- errors
 
 @pytest.mark.parametrize("patch, message", [
-    (Patch("resid", 99), r"layer 99 is out of range for 'resid': this model has residual rows 0 \(embeddings\) .. 4"),
-    (Patch("mlp", 4), r"layer 4 is out of range for 'mlp': this model has layers 0 .. 3"),
-    (Patch("head", 1, None, 7), r"head 7 is out of range: layer 1 has heads 0 .. 3"),
-    (Patch("head", 1), r"head None is out of range"),
-    (Patch("attn", 1, 40), r"position 40 is out of range: the prompts have \d+ tokens"),
-    (Patch("neurons", 1), r"unknown site 'neurons'"),
-    (Patch("mlp", 1, None, 2), r"head= only applies to site 'head'"),
+    (dict(site="resid", layer=99), r"layer=99 is out of range: there are 5 residual rows"),
+    (dict(site="resid", layer=-6), r"layer=-6 is out of range: there are 5 residual rows"),
+    (dict(site="mlp", layer=4), r"layer=4 is out of range: there are 4 blocks in this model \(0 .. 3, or -4 .. -1"),
+    (dict(site="head", layer=1, head=7), r"head=7 is out of range: there are 4 heads per layer"),
+    (dict(site="attn", layer=1, position=40), r"position=40 is out of range: there are \d+ token positions"),
+    (dict(site="attn", layer=1, position=-40), r"position=-40 is out of range"),
 ])
-def test_out_of_range_patches_are_rejected(bundled, patch, message):
+def test_indices_outside_python_range_are_rejected_before_any_run(bundled, patch, message):
     pairs = H.ioi_pairs(bundled.tokenizer, n=1)
+    with pytest.raises(IndexError, match=message):
+        H.patch_components(bundled, pairs, [Patch(**patch)])
+    with pytest.raises(ValueError, match=message):  # also a ValueError, for older callers
+        H.run_with_patches(bundled, pairs.corrupted_ids, {}, [[Patch(**patch)]])
+
+
+@pytest.mark.parametrize("patch, message", [
+    (dict(site="head", layer=1), r"site 'head' needs head="),
+    (dict(site="neurons", layer=1), r"unknown site 'neurons'"),
+    (dict(site="mlp", layer=1, head=2), r"head= only applies to site 'head'"),
+    (dict(site="mlp", layer=1.0), r"layer must be an integer, got the float 1.0: write 1"),
+    (dict(site="mlp", layer=True), r"layer must be an integer, got True"),
+    (dict(site="mlp", layer="1"), r"layer must be an integer, got '1'"),
+    (dict(site="mlp", layer=torch.tensor([1, 2])), r"layer must be an integer, got a tensor of shape \(2,\)"),
+])
+def test_malformed_patches_are_rejected_when_built(patch, message):
     with pytest.raises(ValueError, match=message):
-        H.patch_components(bundled, pairs, [patch])
+        Patch(**patch)
+
+
+def test_numpy_and_tensor_integers_and_negative_indices_mean_what_python_means(bundled):
+    import numpy as np
+
+    pairs = H.ioi_pairs(bundled.tokenizer, n=2)
+    seq = pairs.seq_len
+    plain = H.patch_components(bundled, pairs, [[Patch("resid", 4, seq - 1)], [Patch("head", 3, 10, 2)]])
+    odd = H.patch_components(bundled, pairs, [[Patch("resid", np.int64(-1), torch.tensor(-1))],
+                                              [Patch("head", torch.tensor(3), np.int32(-5), -2)]])
+    assert torch.equal(plain.values["logit_diff"], odd.values["logit_diff"])
+    assert odd.patches == plain.patches  # stored with the non-negative indices the labels show
 
 
 def test_bad_direction_is_rejected(bundled):
