@@ -17,7 +17,13 @@ a notebook that ignores it). Examples::
 
 ``-p NAME VALUE`` converts VALUE like papermill does (True/False/None, int, float, else a
 string), except that a notebook whose default for NAME is a string gets VALUE as a string and
-one whose default is a float gets a float. ``-r NAME VALUE`` always passes a string.
+one whose default is a float gets a float. A VALUE that cannot have the type of a notebook's
+default (bool, int or float, e.g. ``-p n_pairs abc`` where the default is 16) is an error
+reported before any notebook runs. ``-r NAME VALUE`` always passes a string, unchecked.
+
+Every notebook is checked before it runs: one that is not valid JSON, not a valid Jupyter
+notebook, or has no code to run (no cells, or no non-empty code cell) is reported by name as
+FAILED with the reason, the others still run, and the exit status is 1.
 
 Run it with the project's interpreter (``.venv/bin/python``, as ``scripts/run_all.sh`` does):
 the kernel is the ``python3`` kernel of that environment.
@@ -43,6 +49,59 @@ DEFAULT_OUTPUT_DIR = ROOT / "outputs" / "executed"
 _UNKNOWN = object()  # a parameter whose default is not a literal
 
 
+class NotebookProblem(ValueError):
+    """A notebook that cannot be run: the message says why, in one line."""
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def load_notebook(nb_path: Path) -> dict[str, Any]:
+    """The notebook as a dict, after checking that it can be run.
+
+    Raises NotebookProblem (one-line reason) if the file cannot be read, is not valid JSON,
+    is not a valid Jupyter notebook (``nbformat.validate``), or has no code to run (no cells,
+    or no code cell with any source).
+    """
+    import nbformat
+
+    try:
+        text = nb_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NotebookProblem(f"cannot read it: {_one_line(exc)}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise NotebookProblem(f"not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or "nbformat" not in data:
+        raise NotebookProblem("not a Jupyter notebook: the JSON is not an object with an "
+                              "'nbformat' field")
+    try:
+        nb = nbformat.reads(text, as_version=4)
+        nbformat.validate(nb)
+    except Exception as exc:  # nbformat's ValidationError, NBFormatError, ...
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        raise NotebookProblem(f"not a valid notebook: {_one_line(message)}") from exc
+    if not nb.cells:
+        raise NotebookProblem("empty notebook: it has no cells")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    if not code:
+        raise NotebookProblem("nothing to run: it has no code cells")
+    if not any(c.source.strip() for c in code):
+        raise NotebookProblem("nothing to run: every code cell is empty")
+    return nb
+
+
 # --------------------------------------------------------------------------- parameters
 def resolve_value(text: str) -> Any:
     """Convert a command-line value the way papermill's ``-p`` does."""
@@ -60,12 +119,15 @@ def resolve_value(text: str) -> Any:
     return text
 
 
-def parameters_cell_defaults(nb_path: Path) -> dict[str, Any] | None:
+def parameters_cell_defaults(nb: Path | dict[str, Any]) -> dict[str, Any] | None:
     """Names assigned at top level of the cell tagged ``parameters``, with their literal defaults.
 
-    Returns None if the notebook has no such cell.
+    ``nb`` is a notebook file (checked with ``load_notebook``) or an already loaded notebook.
+    Returns None if the notebook has no such cell; raises NotebookProblem if that cell is not
+    valid Python.
     """
-    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    if not isinstance(nb, dict):
+        nb = load_notebook(nb)
     for cell in nb.get("cells", []):
         if cell.get("cell_type") != "code":
             continue
@@ -79,7 +141,7 @@ def parameters_cell_defaults(nb_path: Path) -> dict[str, Any] | None:
         try:
             tree = ast.parse("\n".join(lines))
         except SyntaxError as exc:
-            raise SystemExit(f"{nb_path.name}: cannot parse its parameters cell: {exc}") from exc
+            raise NotebookProblem(f"cannot parse its parameters cell: {_one_line(exc)}") from exc
         defaults: dict[str, Any] = {}
         for node in tree.body:
             if isinstance(node, ast.Assign):
@@ -98,6 +160,27 @@ def parameters_cell_defaults(nb_path: Path) -> dict[str, Any] | None:
                             defaults[name.id] = _UNKNOWN
         return defaults
     return None
+
+
+def typed_value_problem(name: str, text: str, default: Any) -> str | None:
+    """Why ``-p name text`` cannot have the type of the notebook's default, or None if it can.
+
+    Only bool, int and float defaults are checked (a str default takes any text; None, a
+    non-literal or a container default says nothing about the type wanted).
+    """
+    value = resolve_value(text)
+    if isinstance(default, bool):
+        ok, wanted, must, example = isinstance(value, bool), "bool", "True or False", not default
+    elif isinstance(default, int):
+        ok, wanted, must, example = type(value) is int, "int", "an int", default
+    elif isinstance(default, float):
+        ok, wanted, must, example = type(value) in (int, float), "float", "a number", default
+    else:
+        return None
+    if ok:
+        return None
+    return (f"-p {name} {text!r}: the default of {name} is {default!r} ({wanted}), so the value "
+            f"must be {must}, e.g. -p {name} {example!r}")
 
 
 def parameters_for(
@@ -127,6 +210,7 @@ def parameters_for(
 
 # --------------------------------------------------------------------------- notebooks
 def find_notebooks(only: list[str]) -> list[Path]:
+    """``NOTEBOOK_DIR/[0-9]*.ipynb`` in sorted order, filtered by ``--only`` patterns."""
     notebooks = sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
     if only:
         notebooks = [
@@ -262,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
     all_notebooks = sorted(NOTEBOOK_DIR.glob("[0-9]*.ipynb"))
     if not all_notebooks:
-        print(f"no notebooks found ({NOTEBOOK_DIR.relative_to(ROOT)}/[0-9]*.ipynb): nothing to run.")
+        print(f"no notebooks found ({_shown(NOTEBOOK_DIR)}/[0-9]*.ipynb): nothing to run.")
         return 0
     notebooks = find_notebooks(args.only)
     if not notebooks:
@@ -270,25 +354,45 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(nb.name for nb in all_notebooks), file=sys.stderr)
         return 2
 
+    # Each plan: (notebook, defaults, parameters, skipped names, problem). A notebook that
+    # cannot be run gets its one-line problem here and is reported as FAILED, not run.
     plans = []
+    bad_values: dict[str, list[str]] = {}  # message -> notebooks it applies to
     for nb in notebooks:
-        defaults = parameters_cell_defaults(nb)
+        try:
+            defaults = parameters_cell_defaults(load_notebook(nb))
+        except NotebookProblem as exc:
+            plans.append((nb, None, {}, [], str(exc)))
+            continue
+        for name, text in args.parameters:
+            if defaults is not None and name in defaults:
+                problem = typed_value_problem(name, text, defaults[name])
+                if problem:
+                    bad_values.setdefault(problem, []).append(nb.name)
         # Headless: no widget explorers unless asked (nbclient can miss the reply to a widget
         # cell and wait for its timeout), and the default cell timeout bounds any such stall.
         headless = [("show_widgets", "False")] if not any(n == "show_widgets" for n, _ in
                                                            args.parameters + args.parameters_raw) else []
         params, skipped = parameters_for(defaults, headless + args.parameters, args.parameters_raw)
         skipped = [s for s in skipped if s != "show_widgets"]
-        plans.append((nb, defaults, params, skipped))
+        plans.append((nb, defaults, params, skipped, None))
 
     if args.list:
-        for nb, defaults, _, _ in plans:
-            if defaults is None:
+        for nb, defaults, _, _, problem in plans:
+            if problem:
+                print(f"{nb.name}: FAILED -- {problem}")
+            elif defaults is None:
                 print(f"{nb.name}: no cell tagged 'parameters'")
             else:
                 shown = ", ".join(f"{k}={'?' if v is _UNKNOWN else repr(v)}" for k, v in defaults.items())
                 print(f"{nb.name}: {shown or '(empty parameters cell)'}")
-        return 0
+        return 1 if any(plan[4] for plan in plans) else 0
+
+    if bad_values:
+        for message, names in bad_values.items():
+            print(f"error: {message} (in {', '.join(names)})", file=sys.stderr)
+        print("nothing was run.", file=sys.stderr)
+        return 2
 
     print(f"python: {sys.executable}")
     print(f"kernel: {check_kernel(args.kernel)}")
@@ -297,7 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     total_start = time.perf_counter()
     try:
-        for i, (nb, defaults, params, skipped) in enumerate(plans, 1):
+        for i, (nb, defaults, params, skipped, problem) in enumerate(plans, 1):
+            if problem:
+                result = Result(nb.name, status="FAILED", error=problem)
+                results.append(result)
+                print(f"[{i}/{len(plans)}] {nb.name}: FAILED before running -- {problem}", flush=True)
+                if args.fail_fast:
+                    break
+                continue
             note = ""
             if params:
                 note += " with " + ", ".join(f"{k}={v!r}" for k, v in params.items())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import subprocess
 import sys
 
@@ -13,9 +14,12 @@ import torch
 import helpers as H
 from helpers.organism import BUNDLED_MODELS
 from helpers.organism.train_ioi import name_pair_split
-from helpers.prompts import HELDOUT_TEMPLATES, TRAIN_TEMPLATES
+from helpers.prompts import HELDOUT_TEMPLATES, NAMES, OBJECTS, PLACES, TRAIN_TEMPLATES, ioi_prompt
 
 FOLDER = BUNDLED_MODELS["ioi-tiny"]
+HELDOUT_SPLITS = ["heldout_pairs", "heldout_templates"]
+#: a retrain on another CPU (other float rounding) must give each fixed prompt's logit
+#: difference within this of the shipped model's; on the same machine it is bit-identical.
 
 
 def test_heldout_split_in_training_record_is_the_scripts_split():
@@ -24,17 +28,57 @@ def test_heldout_split_in_training_record_is_the_scripts_split():
     assert [list(p) for p in held] == record["heldout_name_pairs"]
 
 
-@pytest.mark.parametrize("split", ["heldout_pairs", "heldout_templates"])
-def test_accuracy_on_fresh_heldout_prompts(bundled, split):
+def heldout_prompts(split: str) -> list:
+    """600 fresh prompts of one held-out split (the same ones on every call)."""
     train_pairs, held_pairs = name_pair_split(0)
     if split == "heldout_pairs":  # new pairings of trained names, trained templates
-        prompts = H.random_ioi_prompts(600, seed=1234, templates=TRAIN_TEMPLATES, name_pairs=held_pairs)
-    else:  # trained pairs, templates never seen in training
-        prompts = H.random_ioi_prompts(600, seed=4321, templates=HELDOUT_TEMPLATES, name_pairs=train_pairs)
-    acc = H.ioi_accuracy(bundled, prompts)
+        return H.random_ioi_prompts(600, seed=1234, templates=TRAIN_TEMPLATES, name_pairs=held_pairs)
+    # trained pairs, templates never seen in training
+    return H.random_ioi_prompts(600, seed=4321, templates=HELDOUT_TEMPLATES, name_pairs=train_pairs)
+
+
+@pytest.mark.parametrize("split", HELDOUT_SPLITS)
+def test_accuracy_on_fresh_heldout_prompts(bundled, split):
+    acc = H.ioi_accuracy(bundled, heldout_prompts(split))
     assert acc.n == 600
     assert acc.accuracy >= 0.99, acc
     assert acc.mean_logit_diff - 3 * acc.sem_logit_diff > 5.0, acc
+
+
+def fixed_prompts(n_draws: int = 16, seed: int = 2024) -> list:
+    """``2 * n_draws`` prompts: ``n_draws`` seeded draws of (template from the training and
+    held-out ones, IO, S, place, object), each in both orders (ABBA and BABA)."""
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(n_draws):
+        template = rng.choice(TRAIN_TEMPLATES + HELDOUT_TEMPLATES)
+        io, s = rng.sample(NAMES, 2)
+        place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
+        prompts += [ioi_prompt(template, io, s, order, place, obj) for order in ("ABBA", "BABA")]
+    return prompts
+
+
+def per_prompt_logit_diffs(model, prompts) -> torch.Tensor:
+    """Logit difference IO - S at the last position, one value per prompt (float64)."""
+    tok = model.tokenizer
+    out = []
+    for p in prompts:
+        logits = H.observe.last_logits(model, H.encode(model, p.text))[0].double()
+        out.append(logits[H.single_token_id(tok, p.io)] - logits[H.single_token_id(tok, p.s)])
+    return torch.stack(out)
+
+
+def test_fixed_prompt_set_is_deterministic_and_has_both_orders():
+    prompts = fixed_prompts()
+    assert prompts == fixed_prompts() and len(prompts) == 32
+    assert [p.order for p in prompts].count("ABBA") == 16
+    assert len({(p.template, p.io, p.s) for p in prompts}) > 8
+
+
+def test_shipped_weights_match_their_checksum():
+    """The shipped file is the one recorded (this checks the file, not a retrain)."""
+    recorded = (FOLDER / "checksum.txt").read_text().split()[0]
+    assert hashlib.sha256((FOLDER / "model.safetensors").read_bytes()).hexdigest() == recorded
 
 
 def _train(out, steps):
@@ -45,19 +89,46 @@ def _train(out, steps):
 
 
 def test_short_training_run_is_bit_identical(tmp_path):
+    """Same machine, one thread, same seed: two runs write the same bytes."""
     a, b = _train(tmp_path / "a", 20), _train(tmp_path / "b", 20)
     assert a == b
     assert a != hashlib.sha256((FOLDER / "model.safetensors").read_bytes()).hexdigest()
 
 
-@pytest.mark.slow
-def test_full_retrain_reproduces_the_shipped_weights(tmp_path):
-    """The whole recipe (minutes on one core; time in training.json) regenerates the shipped file bit for bit."""
-    out = tmp_path / "retrained"
+@pytest.fixture(scope="module")
+def full_retrain(tmp_path_factory):
+    """The whole recipe, retrained from scratch (5-7 minutes on one core; the time of the
+    shipped run is in training.json) and loaded. Its bytes equal the shipped file only on a
+    CPU with the same float rounding, so the tests below compare behaviour, not checksums."""
+    out = tmp_path_factory.mktemp("ioi-retrain") / "retrained"
     subprocess.run([sys.executable, "-m", "helpers.organism.train_ioi", "--out", str(out)],
                    check=True, capture_output=True, text=True)
-    recorded = (FOLDER / "checksum.txt").read_text().split()[0]
-    assert hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest() == recorded
+    return H.load_model(out)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ioi-full-retrain")  # one retrain for both tests
+@pytest.mark.parametrize("split", HELDOUT_SPLITS)
+def test_full_retrain_is_99_percent_accurate_on_fresh_heldout_prompts(full_retrain, split):
+    acc = H.ioi_accuracy(full_retrain, heldout_prompts(split))
+    assert acc.n == 600
+    assert acc.accuracy >= 0.99, acc
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ioi-full-retrain")
+def test_full_retrain_answers_every_fixed_prompt_like_the_shipped_model(full_retrain, bundled):
+    prompts = fixed_prompts()
+    shipped = per_prompt_logit_diffs(bundled, prompts)
+    retrained = per_prompt_logit_diffs(full_retrain, prompts)
+    # A retrain on another CPU is another model (float rounding makes SGD take another path:
+    # per-prompt logit differences correlate only weakly), so the check is behavioural: the same
+    # answer for every fixed prompt, with a margin, and the same average confidence within 10 %.
+    same_side = (retrained.sign() == shipped.sign()) & (retrained.abs() > 1.0)
+    assert same_side.all(), [(prompts[i].text, float(shipped[i]), float(retrained[i]))
+                             for i in (~same_side).nonzero().flatten().tolist()]
+    ratio = float(retrained.abs().mean() / shipped.abs().mean())
+    assert 0.9 <= ratio <= 1.1, f"mean |logit difference| retrained / shipped = {ratio:.3f}"
 
 
 # --------------------------------------------------------------------------- the circuit

@@ -1,9 +1,12 @@
 """The refusal toy model: accuracy on held-out requests, joint patching against the
-hook reference, and a minimal circuit that really is minimal."""
+hook reference, a minimal circuit that really is minimal, and a full retrain that behaves like
+the shipped model."""
 from __future__ import annotations
 
 import hashlib
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,6 +19,9 @@ from helpers.organism import BUNDLED_MODELS
 from helpers.organism.train_refusal import combination_split, request
 
 FOLDER = BUNDLED_MODELS["refusal-tiny"]
+HELDOUT_SPLITS = ["heldout_combinations", "heldout_templates"]
+#: a retrain on another CPU (other float rounding) must give each fixed request's logit
+#: difference within this of the shipped model's; on the same machine it is bit-identical.
 
 
 @pytest.fixture(scope="module")
@@ -23,25 +29,92 @@ def refusal():
     return H.load_model("refusal-tiny")
 
 
-@pytest.mark.parametrize("split", ["heldout_combinations", "heldout_templates"])
-def test_refusal_accuracy_on_fresh_heldout_requests(refusal, split):
+def heldout_accuracy(model, split: str) -> float:
+    """Share of 400 fresh requests of one held-out split answered right (top-1) with a
+    margin > 2 over the other answer (the same requests on every call)."""
     train, held = combination_split(0)
     combos, templates = (held, REFUSAL.templates) if split == "heldout_combinations" else \
         (train, REFUSAL.heldout_templates)
     rng = random.Random(99)
-    sorry, sure = (H.single_token_id(refusal.tokenizer, w) for w in REFUSAL.answers)
+    sorry, sure = (H.single_token_id(model.tokenizer, w) for w in REFUSAL.answers)
     hits = []
     for _ in range(400):
         text, answer = request(rng, combos, templates)
-        logits = H.observe.last_logits(refusal, H.encode(refusal, text))[0]
+        logits = H.observe.last_logits(model, H.encode(model, text))[0]
         want, other = (sorry, sure) if answer == "Sorry" else (sure, sorry)
         hits.append(int(logits.argmax()) == want and logits[want] - logits[other] > 2)
-    assert sum(hits) / len(hits) >= 0.99
+    return sum(hits) / len(hits)
+
+
+@pytest.mark.parametrize("split", HELDOUT_SPLITS)
+def test_refusal_accuracy_on_fresh_heldout_requests(refusal, split):
+    assert heldout_accuracy(refusal, split) >= 0.99
 
 
 def test_weights_match_their_checksum():
+    """The shipped file is the one recorded (this checks the file, not a retrain)."""
     recorded = (FOLDER / "checksum.txt").read_text().split()[0]
     assert hashlib.sha256((FOLDER / "model.safetensors").read_bytes()).hexdigest() == recorded
+
+
+def fixed_requests(n_draws: int = 16, seed: int = 2024) -> list[str]:
+    """``2 * n_draws`` requests: ``n_draws`` seeded draws of (template from the training and
+    held-out ones, act, who, harmful word, harmless word), each with both words, so half
+    of them should get "Sorry" and half "Sure"."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n_draws):
+        template = rng.choice(REFUSAL.templates + REFUSAL.heldout_templates)
+        values = {"act": rng.choice(REFUSAL.fills["act"]), "who": rng.choice(REFUSAL.fills["who"])}
+        for x in (rng.choice(REFUSAL.positive), rng.choice(REFUSAL.negative)):
+            texts.append(fill(template, x, values)[0])
+    return texts
+
+
+def per_request_logit_diffs(model, texts) -> torch.Tensor:
+    """Logit difference Sorry - Sure at the last position, one value per request (float64)."""
+    sorry, sure = (H.single_token_id(model.tokenizer, w) for w in REFUSAL.answers)
+    out = []
+    for text in texts:
+        logits = H.observe.last_logits(model, H.encode(model, text))[0].double()
+        out.append(logits[sorry] - logits[sure])
+    return torch.stack(out)
+
+
+@pytest.fixture(scope="module")
+def full_retrain(tmp_path_factory):
+    """The whole refusal recipe retrained from scratch (1.5-3 minutes on one core) and
+    loaded. Its bytes equal the shipped file only on a CPU with the same float rounding, so
+    the tests below compare behaviour, not checksums."""
+    out = tmp_path_factory.mktemp("refusal-retrain") / "retrained"
+    subprocess.run([sys.executable, "-m", "helpers.organism.train_refusal", "--out", str(out)],
+                   check=True, capture_output=True, text=True)
+    return H.load_model(out)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("refusal-full-retrain")  # one retrain for both tests
+@pytest.mark.parametrize("split", HELDOUT_SPLITS)
+def test_full_retrain_is_99_percent_accurate_on_fresh_heldout_requests(full_retrain, split):
+    assert heldout_accuracy(full_retrain, split) >= 0.99
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("refusal-full-retrain")
+def test_full_retrain_answers_every_fixed_request_like_the_shipped_model(full_retrain, refusal):
+    texts = fixed_requests()
+    assert len(texts) == 32
+    shipped = per_request_logit_diffs(refusal, texts)
+    assert (shipped > 0).tolist() == [True, False] * 16  # harmful, harmless, harmful, ...
+    retrained = per_request_logit_diffs(full_retrain, texts)
+    # A retrain on another CPU is another model (float rounding makes SGD take another path:
+    # per-request logit differences correlate only weakly), so the check is behavioural: the same
+    # answer for every fixed request, with a margin, and the same average confidence within 10 %.
+    same_side = (retrained.sign() == shipped.sign()) & (retrained.abs() > 1.0)
+    assert same_side.all(), [(texts[i], float(shipped[i]), float(retrained[i]))
+                             for i in (~same_side).nonzero().flatten().tolist()]
+    ratio = float(retrained.abs().mean() / shipped.abs().mean())
+    assert 0.9 <= ratio <= 1.1, f"mean |logit difference| retrained / shipped = {ratio:.3f}"
 
 
 def test_pairs_differ_in_the_decisive_word_only(refusal):
