@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Speed and memory of the patching sweeps, measured side by side in one run.
 
-    .venv/bin/python benchmarks/sweeps.py            # GPT-2 small stand-in, about 5 minutes
-    .venv/bin/python benchmarks/sweeps.py --quick    # the bundled model, seconds
+    .venv/bin/python benchmarks/sweeps.py                   # GPT-2 small stand-in, about 5 minutes
+    .venv/bin/python benchmarks/sweeps.py --model smollm2   # SmolLM2-135M's shapes (Llama), ~15 minutes
+    .venv/bin/python benchmarks/sweeps.py --quick           # the bundled model, seconds
 
 Model: GPT-2 small's shapes and real tokenizer with random weights (the stand-in
-the tests use; speed does not depend on the weights), one CPU thread, the
+the tests use; speed does not depend on the weights), or a random Llama with
+SmolLM2-135M's shapes (30 blocks, 9 query / 3 key-value heads, d_model 576) and
+GPT-2's tokenizer; one CPU thread, the
 canonical S2-swap pair "After John and Mary went to the store, Mary/John gave a
 bottle of milk to".  Each method runs in its own child process, so its peak
 memory (max RSS) is its own.  Printed per sweep and method: wall time, speed-up
@@ -86,7 +89,7 @@ def child(model_dir: str, sweep: str, method: str, metrics: str, dtype: str) -> 
         ``p`` needs: blocks layer .. n-2 at positions p.., the last block at the end only."""
         return 0 if layer >= n else max(0, n - 1 - layer) * (seq - p) + 1
 
-    if sweep == "resid":  # row L = input of block L (L = n: after the last block)
+    if sweep == "resid":  # stream index L = input of block L: embed is 0, block L's output L + 1
         units = sum(needed(row, p) for row in range(n + 1) for p in range(first, seq))
     else:
         units = sum(needed(layer, first) for layer in range(n) for _ in range(f.n_heads))
@@ -123,6 +126,8 @@ def machine() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the bundled model instead of GPT-2 small")
+    ap.add_argument("--model", choices=("gpt2", "smollm2"), default="gpt2",
+                    help="the shapes to measure: GPT-2 small (default) or SmolLM2-135M (Llama)")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -132,6 +137,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.quick:
             model_dir, model_label = "ioi-tiny", "ioi-tiny (bundled)"
+        elif args.model == "smollm2":
+            from standin import build_smollm2_standin
+
+            model_dir = str(build_smollm2_standin(Path(tmp) / "smollm2-standin"))
+            model_label = "SmolLM2-135M's shapes (Llama, random weights, GPT-2's tokenizer)"
         else:
             from standin import build_gpt2_standin
 
@@ -160,7 +170,7 @@ def main() -> int:
     for sweep, label, sec, speed, floor, peak, diff, n in rows:
         print(f"| {names[sweep]} ({n} patches) | {label} | {sec:.2f} | {speed:.1f}x | {floor:.1f} | "
               f"{peak:.0f} | {diff:.1e} |")
-    out = ROOT / "outputs" / "benchmarks" / "sweeps.json"
+    out = ROOT / "outputs" / "benchmarks" / f"sweeps-{'quick' if args.quick else args.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     for sweep in report["sweeps"].values():
         for r in sweep["methods"].values():

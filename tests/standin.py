@@ -101,3 +101,28 @@ def build_gpt2_standin(path: str | Path, seed: int = 0, **config_overrides) -> P
     model.save_pretrained(path, safe_serialization=True)
     build_gpt2_tokenizer().save_pretrained(path)
     return path
+
+
+#: SmolLM2-135M's shapes (Llama architecture): 30 blocks, 9 query heads sharing 3 key-value
+#: heads, d_model 576, gated MLP 1536, tied embeddings, rotary positions (theta 100,000).
+SMOLLM2_SHAPES = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                      rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
+
+
+def build_smollm2_standin(path: str | Path, seed: int = 0, **config_overrides) -> Path:
+    """A randomly initialised Llama with SmolLM2-135M's shapes and GPT-2's tokenizer (its
+    vocabulary of 50,257 against SmolLM2's 49,152): for benchmarks, where speed does not depend
+    on the weights or the exact vocabulary.  Returns ``path``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_gpt2_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **{**SMOLLM2_SHAPES, **config_overrides})
+    LlamaForCausalLM(config).eval().save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path

