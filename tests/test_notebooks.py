@@ -3,8 +3,9 @@
 nbval (run by scripts/test.sh over notebooks/) checks the stored outputs of the default
 run; these tests check that the parameters really drive the notebooks: another prompt
 set, seed and layer on the bundled model, the GPT-2 stand-in (real tokenizer, random
-GPT-2-small weights, raw logit differences), and a nonexistent model (the clear error).
-Results go to a temporary folder.
+GPT-2-small weights, raw logit differences), a tiny random Llama (another model family: every
+module a chapter touches by hand must come from the model's anatomy), and a nonexistent model
+(the clear error). Results go to a temporary folder.
 """
 from __future__ import annotations
 
@@ -79,6 +80,33 @@ def test_notebook_runs_on_the_gpt2_standin(nb, tmp_path, gpt2_standin_dir):
     assert res["model"] == Path(gpt2_standin_dir).name  # a folder name, never a full path
     assert res["normalise"] is False and res["n_pairs"] == 2
     assert str(gpt2_standin_dir) not in json.dumps(res)
+    # random weights: the two runs differ, but only a little
+    assert abs(res["clean_logit_diff"] - res["corrupted_logit_diff"]) < 2
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, gpt2_tokenizer) -> Path:
+    """A tiny random Llama (2 blocks, d_model 64, 4 query heads sharing 2 key/value heads), seed 0,
+    saved as safetensors with GPT-2's real tokenizer, so the IOI names and the refusal words are
+    single tokens. The vocabulary is GPT-2's 50257 tokens, so d_model stays small: the embedding and
+    the unembedding hold almost all of its 6.5 M weights. Built once per session (per xdist worker)."""
+    from tiny_models import save_random_model
+
+    eos = gpt2_tokenizer.eos_token_id
+    return save_random_model(tmp_path_factory.mktemp("tiny-llama") / "tiny-llama", "llama", seed=0,
+                             tokenizer=gpt2_tokenizer, vocab_size=len(gpt2_tokenizer), hidden_size=64,
+                             intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=256,
+                             bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_notebook_runs_on_a_tiny_llama(nb, tmp_path, tiny_llama_dir):
+    res = _run(nb, tmp_path, model_name=str(tiny_llama_dir), normalise=False, n_pairs=2)
+    assert res["model"] == Path(tiny_llama_dir).name  # a folder name, never a full path
+    assert res["normalise"] is False and res["n_pairs"] == 2
+    assert str(tiny_llama_dir) not in json.dumps(res)
+    assert _finite(res)
     # random weights: the two runs differ, but only a little
     assert abs(res["clean_logit_diff"] - res["corrupted_logit_diff"]) < 2
 
