@@ -106,3 +106,16 @@ def gpt2_tokenizer():
     from standin import build_gpt2_tokenizer
 
     return build_gpt2_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> Path:
+    """SmolLM2-135M converted once per session (per xdist worker) into a temporary cache, which
+    ``PATCHLAB_CACHE`` then points at for this process and the kernels it starts (never the
+    user's cache). Needs the wheel that scripts/setup.sh installs; about a minute."""
+    from helpers import gguf_models
+
+    cache = tmp_path_factory.mktemp("patchlab-cache")
+    os.environ["PATCHLAB_CACHE"] = str(cache)
+    gguf_models.prepare("smollm2-135m", cache_dir=cache, progress=lambda _: None)
+    return cache

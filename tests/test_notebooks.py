@@ -119,3 +119,22 @@ def test_notebook_with_a_nonexistent_model_fails_with_the_clear_error(nb, tmp_pa
         _run(nb, tmp_path, model_name="no-such-model")
     assert info.value.ename == "ModelLoadError"
     assert "unknown model 'no-such-model'" in info.value.evalue
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("smollm2")  # one conversion of the real model per run
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+def test_notebook_runs_on_smollm2(nb, tmp_path, smollm2_cache):
+    """A real pretrained Llama-family model. Chapter 7's refusal task needs one-token answers,
+    and SmolLM2's tokenizer splits " Sorry" in two: that chapter must stop with the clear
+    error, not a wrong result."""
+    import papermill as pm
+
+    if nb.stem.startswith("07"):
+        with pytest.raises(pm.PapermillExecutionError) as info:
+            _run(nb, tmp_path, model_name="smollm2-135m", n_pairs=2)
+        assert info.value.ename == "PromptError" and "'Sorry' is not a single token" in info.value.evalue
+        return
+    res = _run(nb, tmp_path, model_name="smollm2-135m", n_pairs=2)
+    assert res["model"] == "smollm2-135m" and res["n_pairs"] == 2 and _finite(res)
+    assert res["clean_logit_diff"] > 1 and res["corrupted_logit_diff"] < -1  # it does the task

@@ -52,10 +52,11 @@ def _texts(path: Path) -> list[str]:
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code" or "NBVAL_IGNORE_OUTPUT" in cell.source:
             continue
+        pieces = []  # one string per cell: a kernel may split one print stream into messages
         for out in cell.get("outputs", []):
-            pieces = [out.get("text", "")] + [v for k, v in out.get("data", {}).items()
-                                              if k.startswith("text/")]
-            texts.append(f"cell {i}: " + "".join(map(str, pieces)))
+            pieces += [out.get("text", "")] + [v for k, v in out.get("data", {}).items()
+                                               if k.startswith("text/")]
+        texts.append(f"cell {i}: " + "".join(map(str, pieces)))
     return texts
 
 

