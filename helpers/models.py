@@ -231,7 +231,7 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.devi
             not run, a gated model without a Hugging Face token.
     """
     from nnsight.modeling.transformers import TransformersModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if not (isinstance(remote, bool) or remote == "local"):
         raise ModelLoadError(f"remote must be False (run here), True (run on NDIF) or 'local' "

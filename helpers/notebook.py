@@ -2,7 +2,6 @@
 reproducibility stamp.  Nothing here is needed to use the sweeps in your own code."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import random

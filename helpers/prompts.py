@@ -186,7 +186,6 @@ def corrupt(prompt: IOIPrompt, corruption: str = "s2_swap", rng: random.Random |
     * ``"abc"``: the three name slots get three fresh names (neither IO nor S):
       the information is erased rather than flipped.
     """
-    text = prompt.text
     place_obj = _place_object(prompt)
     if corruption == "s2_swap":
         return ioi_prompt(prompt.template, prompt.io, prompt.s, prompt.order, *place_obj, s2=prompt.io)

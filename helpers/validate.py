@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 __all__ = ["InputTypeError", "InputRangeError", "as_index", "norm_index", "as_count", "check_ids", "NonFiniteError", "check_finite",
-           "first_non_finite", "finite_or_error", "json_text"]
+           "first_non_finite", "json_text"]
 
 
 class InputTypeError(TypeError, ValueError):
@@ -124,13 +124,6 @@ def check_finite(values: torch.Tensor, what: str, locate: Any = None) -> torch.T
             "(all(torch.isfinite(p).all() for p in model.parameters())) and the dtype (float16 "
             "overflows easily: load the model with dtype='float32').")
     return values
-
-
-def finite_or_error(value: float, what: str) -> float:
-    """A float that must be finite (a baseline, a gap, a value written to a file)."""
-    if not math.isfinite(value):
-        raise NonFiniteError(f"{what} is {value}: the model produced non-finite values")
-    return value
 
 
 def _first_non_finite_path(data: Any, path: str = "") -> str | None:
