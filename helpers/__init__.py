@@ -22,8 +22,12 @@ One module per concern:
 * ``helpers.circuits``  - a minimal circuit by greedy joint patching
 * ``helpers.checks``    - exercise checks for the notebooks
 * ``helpers.notebook``  - notebook setup, output folder, JSON results, reproducibility stamp
+* ``helpers.fmt``       - the naming scheme and how numbers and tables are written
+* ``helpers.explain``   - "what it means" prose for each chapter, generated from results
+* ``helpers.figures``   - each chapter's own figures
+* ``helpers.diagrams``  - flow charts and circuit diagrams drawn as images
 """
-from helpers import checks, notebook, remote
+from helpers import checks, diagrams, explain, figures, fmt, notebook, remote
 from helpers.attribution import attribution_patching
 from helpers.behaviours import REFUSAL, BinaryTask, binary_pairs
 from helpers.circuits import CircuitSearch, minimal_circuit

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from helpers.fmt import parse_head
 from helpers.patching import PatchResult
 from helpers.validate import norm_index
 
@@ -22,10 +23,10 @@ __all__ = ["check_normalised_score", "check_peak_position", "check_top_head", "c
 SOLUTIONS = {
     "normalised_score": "score = (patched - corrupted) / (clean - corrupted): subtract the corrupted "
                         "baseline, divide by the full clean-corrupted gap.",
-    "peak_position": "r = patch_residual(model, pairs); score = r.score(); row = score[layer]; "
+    "peak_position": "r = patch_residual(model, pairs); row = r.grid()[r.index('layer', layer)]; "
                      "the answer is r.labels['position'][int(row.argmax())].",
-    "top_head": "r = patch_heads(model, pairs); s = r.score(); l, h = divmod(int(s.argmax()), "
-                "s.shape[1]); the answer is (l, h).",
+    "top_head": "r = patch_heads(model, pairs); s = r.grid(); l, h = divmod(int(s.argmax()), "
+                "s.shape[1]); the answer is H.fmt.head_name(l, h), e.g. 'L0H3'.",
     "direction_word": "Denoising patches clean activations into the corrupted run (sufficiency); "
                       "noising patches corrupted activations into the clean run (necessity).",
 }
@@ -71,14 +72,16 @@ def check_normalised_score(answer: Any, patched: float, clean: float, corrupted:
 
 
 @_never_raises
-def check_peak_position(answer: Any, result: PatchResult, layer: int) -> bool:
-    """Is ``answer`` (a role such as "S2", a position index, or a label) where row
-    ``layer`` of a layer x position result peaks?"""
-    hint = (f"look at row {result.labels['layer'][layer]!r} of the heatmap: which column is "
+def check_peak_position(answer: Any, result: PatchResult, layer: Any) -> bool:
+    """Is ``answer`` (a role such as "S2", a position index, or a label) where row ``layer``
+    of a layer x position result peaks?  ``layer`` is named as everywhere (``helpers.fmt``):
+    block 2 (``2`` or ``"L2"``) is the row labelled ``L2``; ``"embed"`` the embedding row."""
+    row_i = result.index("layer", layer)
+    hint = (f"look at row {result.labels['layer'][row_i]!r} of the heatmap: which column is "
             "darkest blue? Answer with its role (e.g. 'END') or its index.")
     if _missing(answer):
         return _report(False, hint)
-    row = _grid(result)[norm_index(layer, len(result.labels["layer"]), "layer", "rows in this result")]
+    row = _grid(result)[row_i]
     best = int(row.argmax())
     role_at = {p: r for r, p in result.prompts.positions.items()}
     if isinstance(answer, str):
@@ -93,17 +96,22 @@ def check_peak_position(answer: Any, result: PatchResult, layer: int) -> bool:
 
 @_never_raises
 def check_top_head(answer: Any, result: PatchResult) -> bool:
-    """Is ``answer`` = (layer, head) the head with the largest score?"""
-    hint = "find the darkest blue cell of the layer x head heatmap; answer (layer, head)."
+    """Is ``answer`` the head with the largest value in the heatmap — written ``"L0H3"`` or
+    as a ``(layer, head)`` pair?"""
+    if result.dims != ("layer", "head"):
+        raise ValueError(f"check_top_head needs a layer x head result (patch_heads), got dims "
+                         f"{result.dims}")
+    hint = "find the darkest blue cell of the layer x head heatmap; answer like 'L0H3'."
     if _missing(answer):
         return _report(False, hint)
     grid = _grid(result)
     best = divmod(int(grid.argmax()), grid.shape[1])
     try:
-        ok = tuple(int(x) for x in answer) == best
+        given = parse_head(answer) if isinstance(answer, str) else tuple(int(x) for x in answer)
+        ok = given == best
     except (TypeError, ValueError):
         ok = False
-    return _report(ok, hint)
+    return _report(ok, hint + ("" if ok else f" (you gave {answer!r})"))
 
 
 @_never_raises
@@ -121,8 +129,10 @@ def check_direction_word(answer: Any, question: str = "sufficiency") -> bool:
 
 
 def _grid(result: PatchResult) -> torch.Tensor:
+    """What the heatmap shows: importance (normalised), or the raw mean where the gap is too
+    small to normalise."""
     try:
-        return result.score()
+        return result.grid(True)
     except ValueError:
         return result.mean()
 

@@ -14,8 +14,9 @@ import torch
 
 from helpers.validate import json_text
 
-__all__ = ["in_colab", "setup", "output_dir", "save_json", "stamp", "repo_root", "check_versions",
-           "ParameterError", "check_parameters", "choose_layer", "small"]
+__all__ = ["in_colab", "setup", "output_dir", "save_json", "save_results", "parameters",
+           "model_label", "stamp", "repo_root", "check_versions", "ParameterError",
+           "check_parameters", "choose_layer", "small"]
 
 
 def in_colab() -> bool:
@@ -81,6 +82,38 @@ def save_json(data: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def model_label(name: Any) -> str:
+    """How a model is named in prints and saved files: a local folder by its last part (never
+    a full path, which would leak the machine's layout), anything else as given."""
+    return Path(str(name)).name if Path(str(name)).is_dir() else str(name)
+
+
+def parameters(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The notebook parameters found in ``namespace`` (pass ``globals()``), for saving:
+    every name ``check_parameters`` knows except ``output_dir``; ``model_name`` as its
+    ``model_label``."""
+    found = {k: namespace[k] for k in _rules() if k in namespace and k != "output_dir"}
+    if "model_name" in found:
+        found["model_name"] = model_label(found["model_name"])
+    return found
+
+
+def save_results(out: str | os.PathLike, chapter: str, params: dict[str, Any],
+                 **results: Any) -> Path:
+    """Write ``out/results.json`` in one call: the chapter, its parameters (see
+    ``parameters``) and every keyword: a ``PatchResult`` as its ``to_dict()`` (model named
+    by its label), tensors as lists, anything else as it is.  NaN is refused (``json_text``)."""
+    items: dict[str, Any] = {}
+    for key, value in results.items():
+        if hasattr(value, "to_dict"):
+            value = value.to_dict()
+            if isinstance(value, dict) and "model" in value:
+                value["model"] = model_label(value["model"])
+        items[key] = value
+    return save_json({"chapter": chapter, "parameters": params, **items},
+                     Path(out) / "results.json")
+
+
 def _jsonable(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return x.tolist()
@@ -101,8 +134,8 @@ def stamp(model_name: str, seed: int, start: float) -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = "not installed"
-    shown = Path(model_name).name if Path(str(model_name)).is_dir() else model_name
-    info = {"python": platform.python_version(), **versions, "model": shown, "seed": seed,
+    info = {"python": platform.python_version(), **versions, "model": model_label(model_name),
+            "seed": seed,
             "runtime_s": round(time.time() - start, 1)}
     for k, v in info.items():
         print(f"{k:>13}: {v}")
@@ -182,6 +215,9 @@ def _rules() -> dict[str, tuple[str, Any, str]]:
                   "-p layer 2"),
         "output_dir": ("a folder name or path", kind(str), "-r output_dir outputs"),
         "show_widgets": ("True or False", kind(bool), "-p show_widgets False"),
+        "remote": ("False (run here), True (run on NDIF) or 'local' (here, through nnsight's "
+                   "dry run of the remote protocol)", one_of((False, True, "local")),
+                   "-p remote False"),
         "threshold": ("a number between 0 and 2", lambda v: number(v) or (None if 0 < v <= 2 else "out of range"),
                       "-p threshold 0.8"),
     }

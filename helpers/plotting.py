@@ -9,6 +9,7 @@ import numpy as np
 import seaborn as sns
 import torch
 
+from helpers.fmt import head_name, num
 from helpers.patching import PatchResult
 from helpers.validate import as_count, check_finite
 
@@ -19,13 +20,44 @@ ROLE_COLOURS = {"IO": "tab:green", "S1": "tab:orange", "S2": "tab:red", "END": "
 CMAP = "RdBu"  # blue = towards the clean behaviour, red = away from it; white = 0
 
 
+ANNOT_PT = 8      # numbers in cells: at least 8 pt, or none at all
+MAX_ANNOT = 160  # cells above which a heatmap shows colours only (numbers would not fit)
+
+
 def _values(result: PatchResult, metric: str | None, normalise: bool) -> tuple[np.ndarray, str]:
+    """The plotted grid: ``result.grid(normalise)`` (importance, read the same way in both
+    directions) and its colour-bar label."""
     m = metric or result.metric
     if m not in result.values:
         raise ValueError(f"this result has no metric {m!r}; it has {sorted(result.values)}")
-    data = result.score(m) if normalise else result.mean(m)
+    data = result.grid(normalise, m)
     check_finite(data, f"the {m} values to plot")
-    return data.double().numpy(), (f"normalised {m}" if normalise else f"mean {m}")
+    return data.double().numpy(), (result.importance_label(m) if normalise else f"mean {m}")
+
+
+def _scale(data: np.ndarray, normalise: bool) -> tuple[float, str]:
+    """Symmetric colour limit and the colour bar's ``extend``: normalised maps keep the range
+    -1 .. 1 so that colours mean the same in every figure; a value beyond it shows as an
+    arrow on the colour bar (and its number in the cell)."""
+    if not normalise:
+        return (float(np.abs(data).max()) or 1.0), "neither"
+    over, under = bool((data > 1).any()), bool((data < -1).any())
+    return 1.0, {(True, True): "both", (True, False): "max", (False, True): "min"}.get(
+        (over, under), "neither")
+
+
+def _annotations(data: np.ndarray) -> np.ndarray:
+    """Cell texts with two decimals and never "-0.00"."""
+    return np.vectorize(num)(data)
+
+
+def _heatmap(data: np.ndarray, ax: Any, normalise: bool, what: str, annotate: bool,
+             **kw: Any) -> None:
+    limit, extend = _scale(data, normalise)
+    annot = _annotations(data) if annotate else False
+    sns.heatmap(data, ax=ax, cmap=CMAP, center=0, vmin=-limit, vmax=limit, annot=annot, fmt="",
+                annot_kws={"fontsize": ANNOT_PT}, cbar_kws={"label": what, "extend": extend},
+                linewidths=0.3, linecolor="white", **kw)
 
 
 def _mark_roles(ax: Any, labels: Sequence[str], axis: str = "x") -> None:
@@ -41,9 +73,11 @@ def plot_patching(result: PatchResult, metric: str | None = None, normalise: boo
                   ax: Any = None, annotate: bool | None = None, title: str | None = None) -> Any:
     """Heatmap of a two-axis result (layer x position, or layer x head).
 
-    ``normalise=True`` plots the normalised score (1 = clean, 0 = corrupted);
-    ``False`` the raw prompt-mean metric (use it on models that cannot do the
-    task).  The colour scale is centred on 0 and symmetric.  Positions are
+    ``normalise=True`` plots ``result.importance()``: the share of the clean behaviour a
+    patch restores (denoising) or destroys (noising), so 1 reads "this component carries all
+    of it" in both directions; the range is -1 .. 1 and a value beyond shows as an arrow on
+    the colour bar.  ``False`` plots the raw prompt-mean metric (for models that cannot do
+    the task), centred on 0.  Cells carry their value (8 pt) up to 160 cells.  Positions are
     labelled with their tokens; role positions (IO, S1, S2, END) are coloured.
     """
     if len(result.dims) != 2:
@@ -52,16 +86,12 @@ def plot_patching(result: PatchResult, metric: str | None = None, normalise: boo
     data, what = _values(result, metric, normalise)
     rows, cols = (result.labels[d] for d in result.dims)
     if ax is None:
-        width = min(16.0, 2.5 + 0.55 * len(cols))
-        fig, ax = plt.subplots(figsize=(width, 1.2 + 0.42 * len(rows)))
+        width = min(16.0, 3.0 + 0.62 * len(cols))
+        fig, ax = plt.subplots(figsize=(width, 1.4 + 0.45 * len(rows)))
     fig = ax.figure
-    limit = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0
-    limit = max(limit, 1.0) if normalise else (limit or 1.0)
     if annotate is None:
-        annotate = data.size <= 220
-    sns.heatmap(data, ax=ax, cmap=CMAP, center=0, vmin=-limit, vmax=limit, annot=annotate,
-                fmt=".2f", annot_kws={"fontsize": 7}, xticklabels=cols, yticklabels=rows,
-                cbar_kws={"label": what}, linewidths=0.3, linecolor="white")
+        annotate = data.size <= MAX_ANNOT
+    _heatmap(data, ax, normalise, what, annotate, xticklabels=cols, yticklabels=rows)
     ax.set_xlabel(result.dims[1])
     ax.set_ylabel("residual stream after" if result.site == "resid" else result.dims[0])
     ax.tick_params(axis="x", rotation=60)
@@ -74,7 +104,8 @@ def plot_patching(result: PatchResult, metric: str | None = None, normalise: boo
 
 def plot_head_positions(result: PatchResult, top: int = 8, metric: str | None = None,
                         normalise: bool = True, title: str | None = None) -> Any:
-    """Head x position results: the ``top`` heads by largest |effect|, one row each."""
+    """Head x position results: the ``top`` heads by largest |effect|, one row each,
+    named ``L<block>H<head>``."""
     if result.dims != ("layer", "head", "position"):
         raise ValueError(f"expects a head x position result (patch_heads(..., by_position=True)), "
                          f"got dims {result.dims}")
@@ -82,16 +113,15 @@ def plot_head_positions(result: PatchResult, top: int = 8, metric: str | None = 
     data, what = _values(result, metric, normalise)
     n_l, n_h, n_p = data.shape
     flat = data.reshape(n_l * n_h, n_p)
-    order = np.argsort(-np.abs(flat).max(1))[: min(top, n_l * n_h)]
-    names = [f"{l}.{h}" for l in range(n_l) for h in range(n_h)]
-    fig, ax = plt.subplots(figsize=(min(16.0, 2.5 + 0.55 * n_p), 1.2 + 0.42 * len(order)))
-    limit = max(float(np.abs(flat[order]).max()), 1.0 if normalise else 1e-9)
-    sns.heatmap(flat[order], ax=ax, cmap=CMAP, center=0, vmin=-limit, vmax=limit, annot=True,
-                fmt=".2f", annot_kws={"fontsize": 7}, xticklabels=result.labels["position"],
-                yticklabels=[names[i] for i in order], cbar_kws={"label": what})
-    ax.set_ylabel("head (layer.head)")
+    order = np.argsort(-np.abs(flat).max(1), kind="stable")[: min(top, n_l * n_h)]
+    names = [head_name(l, h) for l in range(n_l) for h in range(n_h)]
+    fig, ax = plt.subplots(figsize=(min(16.0, 3.0 + 0.62 * n_p), 1.4 + 0.45 * len(order)))
+    _heatmap(flat[order], ax, normalise, what, flat[order].size <= MAX_ANNOT,
+             xticklabels=result.labels["position"], yticklabels=[names[i] for i in order])
+    ax.set_ylabel("head")
     ax.set_xlabel("position")
     ax.tick_params(axis="x", rotation=60)
+    ax.tick_params(axis="y", rotation=0)
     _mark_roles(ax, result.labels["position"])
     ax.set_title(title or result.title(metric, normalise), fontsize=10)
     fig.tight_layout()
@@ -100,13 +130,16 @@ def plot_head_positions(result: PatchResult, top: int = 8, metric: str | None = 
 
 def plot_sets(result: PatchResult, metric: str | None = None, normalise: bool = True,
               title: str | None = None) -> Any:
-    """Horizontal bars, one per patched component set (``patch_components`` results)."""
+    """Horizontal bars, one per patched component set (``patch_components`` results), each
+    with its value; blue bars help the clean behaviour, red bars oppose it."""
     data, what = _values(result, metric, normalise)
     data = data.reshape(-1)
     labels = [lab for d in result.dims for lab in result.labels[d]][: len(data)]
     fig, ax = plt.subplots(figsize=(7, 0.8 + 0.35 * len(data)))
     colours = ["tab:blue" if v >= 0 else "tab:red" for v in data]
-    ax.barh(range(len(data)), data, color=colours)
+    bars = ax.barh(range(len(data)), data, color=colours)
+    ax.bar_label(bars, labels=[num(v) for v in data], padding=3, fontsize=ANNOT_PT)
+    ax.margins(x=0.15)  # room for the value labels
     ax.set_yticks(range(len(data)), labels)
     ax.invert_yaxis()
     ax.axvline(0, color="black", lw=0.8)

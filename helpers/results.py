@@ -13,7 +13,7 @@ import torch
 from helpers.metrics import mean_and_sem, normalised
 from helpers.prompts import PromptPairs
 from helpers.runs import Patch
-from helpers.validate import json_text
+from helpers.validate import json_text, norm_index
 
 __all__ = ["PatchResult"]
 
@@ -66,14 +66,71 @@ class PatchResult:
         base = "corrupted" if self.direction == "denoise" else "clean"
         return self.mean(m) - self.baseline(base, m)
 
+    def importance(self, metric: str | None = None, min_gap: float | None = None) -> torch.Tensor:
+        """How much each patched component matters, read the same way in both directions:
+        denoising, the normalised score (share of the clean behaviour the clean activation
+        brings back); noising, ``1 - score`` (share the corrupted activation destroys).
+        1 = everything, 0 = nothing; ``[*shape]``."""
+        s = self.score(metric, min_gap)
+        return s if self.direction == "denoise" else 1 - s
+
+    def grid(self, normalise: bool = True, metric: str | None = None) -> torch.Tensor:
+        """What a heatmap of this result shows: ``importance()`` when ``normalise``, else the
+        raw prompt-mean metric (for models that cannot do the task); ``[*shape]``."""
+        return self.importance(metric) if normalise else self.mean(metric)
+
+    def change(self, normalise: bool = True, metric: str | None = None) -> torch.Tensor:
+        """Each patch's effect in ``grid``'s units: 0 = the run that was patched into."""
+        if normalise:
+            return self.importance(metric)
+        return self.effect(metric)
+
+    def index(self, dim: str, key: Any) -> int:
+        """Where ``key`` sits on axis ``dim``, by one naming scheme (``helpers.fmt``): a label
+        (``"embed"``, ``"L2"``, ``"H3"``, ``"Mary (S2)"``), a role (``"S2"``), or an int that
+        means what ``Patch`` means: layer 2 is block 2 (row ``"L2"``, even where row 0 is
+        ``embed``), head 3 is ``"H3"``, position 5 is token 5; negatives count from the end."""
+        if dim not in self.dims:
+            raise ValueError(f"this result has no axis {dim!r}; its axes are {self.dims}")
+        labels = self.labels[dim]
+        if isinstance(key, str):
+            if key in labels:
+                return labels.index(key)
+            hits = [i for i, lab in enumerate(labels) if lab.endswith(f"({key})")]
+            if len(hits) == 1:
+                return hits[0]
+            raise ValueError(f"{key!r} is not on the {dim} axis; its labels are {labels}")
+        if dim in ("layer", "head"):
+            prefix = "L" if dim == "layer" else "H"
+            named = [lab for lab in labels if lab.startswith(prefix)]
+            return labels.index(named[norm_index(key, len(named), dim, f"{dim}s in this result")])
+        return norm_index(key, len(labels), dim, f"{dim}s in this result")
+
+    def value(self, normalise: bool = True, metric: str | None = None, **keys: Any) -> float:
+        """One cell of ``grid``: ``resid.value(layer=2, position="S2")`` is the residual stream
+        after block 2 at S2 (row ``"L2"``).  Every axis of the result must be given."""
+        missing = [d for d in self.dims if d not in keys]
+        extra = [k for k in keys if k not in self.dims]
+        if missing or extra:
+            raise ValueError(f"give one key per axis {self.dims}: missing {missing}, unknown {extra}")
+        idx = tuple(self.index(d, keys[d]) for d in self.dims)
+        return self.grid(normalise, metric)[idx].item()
+
     def title(self, metric: str | None = None, normalise: bool = True) -> str:
         what = {"resid": "residual stream", "attn": "attention output", "mlp": "MLP output",
                 "head": "attention heads", "set": "component sets"}.get(self.site, self.site)
         how = ("denoising (clean -> corrupted run)" if self.direction == "denoise"
                else "noising (corrupted -> clean run)")
         m = metric or self.metric
-        val = f"normalised {m} (1 = clean, 0 = corrupted)" if normalise else f"mean {m}"
+        val = (f"{self.importance_label(m)}" if normalise else f"mean {m}")
         return f"{what}: {how}\n{val}, {len(self.prompts)} prompt pair(s)"
+
+    def importance_label(self, metric: str | None = None) -> str:
+        """The colour-bar label of ``importance``: what 1 and 0 mean in this direction."""
+        m = metric or self.metric
+        if self.direction == "denoise":
+            return f"share of clean {m} restored (normalised score)"
+        return f"share of clean {m} destroyed (1 - normalised score)"
 
     def to_frame(self, min_gap: float | None = None):
         """A tidy ``pandas.DataFrame``: one row per component per prompt, a column per

@@ -79,8 +79,9 @@ def test_checks_hint_when_unanswered_and_confirm_right_answers(resid, capsys):
     assert H.checks.check_normalised_score("not a number", 1.0, 3.0, -1.0) is False
     s2_row = resid.score()[1]  # after block 0 the signal is at S2
     assert int(s2_row.argmax()) == resid.prompts.positions["S2"]
-    assert H.checks.check_peak_position("S2", resid, 1) is True
-    assert H.checks.check_peak_position("END", resid, 1) is False
+    assert H.checks.check_peak_position("S2", resid, 0) is True      # block 0 = row "L0"
+    assert H.checks.check_peak_position("S2", resid, "L0") is True
+    assert H.checks.check_peak_position("END", resid, 0) is False
     assert H.checks.check_direction_word("noising", "necessity") is True
     assert H.checks.check_direction_word("denoise", "necessity") is False
     assert H.checks.check_direction_word(..., "sufficiency") is False
