@@ -17,7 +17,7 @@ One module per concern:
 * ``helpers.attribution`` - attribution patching (gradient estimate of every patch)
 * ``helpers.observe``   - predictions, task accuracy, attention patterns
 * ``helpers.plotting``  - heatmaps, bar charts, attention plots
-* ``helpers.widgets``   - ipywidgets explorers
+* ``helpers.widgets``   - ipywidgets explorers, one module per chapter topic
 * ``helpers.behaviours`` - prompt pairs for any binary behaviour; the toy refusal task
 * ``helpers.circuits``  - a minimal circuit by greedy joint patching
 * ``helpers.checks``    - exercise checks for the notebooks

@@ -48,8 +48,8 @@ def test_head_position_and_attention_plots(bundled):
 def test_position_explorer_redraws_when_the_slider_moves(bundled, monkeypatch, capsys):
     """Outside a kernel an Output widget captures nothing, so count the redraws instead."""
     drawn = []
-    real = H.widgets.plot_patching
-    monkeypatch.setattr(H.widgets, "plot_patching", lambda r, **kw: drawn.append(r) or real(r, **kw))
+    real = H.widgets.ioi.plot_patching
+    monkeypatch.setattr(H.widgets.ioi, "plot_patching", lambda r, **kw: drawn.append(r) or real(r, **kw))
     box = H.position_explorer(bundled, "When John and Mary went to the store, Mary gave a drink to")
     slider = box.children[2]
     assert slider.options[0] == "embed" and len(slider.options) == 5 and len(drawn) == 1
@@ -64,8 +64,8 @@ def test_position_explorer_redraws_when_the_slider_moves(bundled, monkeypatch, c
 
 def test_head_explorer_builds_and_redraws(bundled, monkeypatch):
     drawn = []
-    real = H.widgets.plot_attention
-    monkeypatch.setattr(H.widgets, "plot_attention", lambda *a, **kw: drawn.append(a) or real(*a, **kw))
+    real = H.widgets.ioi.plot_attention
+    monkeypatch.setattr(H.widgets.ioi, "plot_attention", lambda *a, **kw: drawn.append(a) or real(*a, **kw))
     box = H.head_explorer(bundled, "When John and Mary went to the store, Mary gave a drink to")
     box.children[1].children[1].value = 3
     assert len(drawn) == 2

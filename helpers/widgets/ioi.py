@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import matplotlib.pyplot as plt
 
+from helpers.fmt import head_name
 from helpers.models import model_facts
 from helpers.observe import attention_patterns
 from helpers.patching import PatchResult, patch_attn_out, patch_heads, patch_mlp_out, patch_residual
@@ -71,7 +72,7 @@ def position_explorer(model: Any, prompt: str, normalise: bool = True) -> Any:
                                               gridspec_kw={"height_ratios": [3, 1.4]})
             try:
                 plot_patching(r, ax=top, normalise=normalise)
-                values = r.score()[row] if normalise else r.mean()[row]
+                values = r.grid(normalise)[row]   # what the heatmap shows
             except ValueError:  # too small a gap to normalise: raw values
                 top.clear()
                 plot_patching(r, ax=top, normalise=False)
@@ -117,12 +118,12 @@ def head_explorer(model: Any, prompt: str) -> Any:
             fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.5),
                                               gridspec_kw={"width_ratios": [1, 1.6]})
             try:
-                scores, label = heads.score()[layer.value], "normalised logit_diff"
+                scores, label = heads.grid()[layer.value], heads.importance_label()
             except ValueError:
                 scores, label = heads.mean()[layer.value], "mean logit_diff"
             colours = ["tab:orange" if h == head.value else "tab:blue" for h in range(f.n_heads)]
             left.bar(range(f.n_heads), scores.double().numpy(), color=colours)
-            left.set_xticks(range(f.n_heads), [f"{layer.value}.{h}" for h in range(f.n_heads)])
+            left.set_xticks(range(f.n_heads), [head_name(layer.value, h) for h in range(f.n_heads)])
             left.axhline(0, color="black", lw=0.8)
             left.set_ylabel(label)
             left.set_title(f"denoising each head of layer {layer.value}", fontsize=10)
