@@ -1,37 +1,66 @@
 #!/usr/bin/env python3
-"""Speed and memory of the patching sweeps, measured side by side in one run.
+"""Speed and memory of the patching sweeps against a plain PyTorch hooks loop, side by side.
 
-    .venv/bin/python benchmarks/sweeps.py                   # GPT-2 small stand-in, about 5 minutes
-    .venv/bin/python benchmarks/sweeps.py --model smollm2   # SmolLM2-135M's shapes (Llama), ~15 minutes
-    .venv/bin/python benchmarks/sweeps.py --quick           # the bundled model, seconds
+    .venv/bin/python benchmarks/sweeps.py                    # GPT-2 small stand-in, ~8 minutes
+    .venv/bin/python benchmarks/sweeps.py --model smollm2    # SmolLM2-135M's shapes (Llama), ~15 minutes
+    .venv/bin/python benchmarks/sweeps.py --quick            # the bundled model, seconds
+    .venv/bin/python benchmarks/sweeps.py --profile          # + where the fast path's time goes, by op
+    .venv/bin/python benchmarks/sweeps.py --tl-python /path/to/python   # + a TransformerLens row
 
-Model: GPT-2 small's shapes and real tokenizer with random weights (the stand-in
-the tests use; speed does not depend on the weights), or a random Llama with
-SmolLM2-135M's shapes (30 blocks, 9 query / 3 key-value heads, d_model 576) and
-GPT-2's tokenizer; one CPU thread, the
-canonical S2-swap pair "After John and Mary went to the store, Mary/John gave a
-bottle of milk to".  Each method runs in its own child process, so its peak
-memory (max RSS) is its own.  Printed per sweep and method: wall time, speed-up
-over the textbook loop, ratio to the floor, peak memory, and the largest
-difference from the loop's logit differences.  Then a float64 check that the
-default path equals the loop within 1e-5.
+Model: GPT-2 small's shapes and real tokenizer with random weights (``tests/standin.py``;
+speed does not depend on the weights), or a random Llama with SmolLM2-135M's shapes (30
+blocks, 9 query / 3 key-value heads, d_model 576) and GPT-2's tokenizer; one CPU thread;
+the canonical S2-swap pair "After John and Mary went to the store, Mary/John gave a bottle
+of milk to" (16 tokens, first difference at position 9), denoising.
 
-The floor is the least work any exact method needs: a patch entering block L
-at position p must recompute blocks L .. n-2 at positions p.. and the last
-block at the final position (nothing before the first position where the
-prompts differ), priced at the per-(layer, position) throughput of one plain
-batched forward pass measured in the same child.  A ratio below 1 means the
-method beats that estimate (larger batches run faster per position).
+**The unit** is the textbook loop written with plain PyTorch forward hooks, no nnsight
+(``tests/reference_hooks.py``, the independent reference the tests check every sweep
+against): one forward pass per patch, all prompts in one batch, the activation replaced by
+``register_forward_hook`` / ``register_forward_pre_hook`` on the Hugging Face module, every
+position's logits computed as a plain forward does.  Every row's "x loop" is that loop's
+time divided by the row's time, both measured in ONE process, interleaved, the median of
+``--repeats`` (3) runs: ratios measured this way survive a loaded machine, absolute seconds
+do not.  The loop is measured for the residual-stream and all-heads sweeps; for head x
+position, attention-output and MLP-output sweeps its time is the measured time per forward
+(every forward of the loop costs the same) times their number of patches, unless
+``--full-loops`` measures them too.  The nnsight loop (``method="loop"``: one traced forward
+per patch) and the batched nnsight path are shown too.
 
-Results: printed as a markdown table and written to outputs/benchmarks/sweeps.json.
+**The floor** is the least work an exact method must do: one forward of the base and of the
+source prompts (the states to start from and the activations to patch in), then for each
+patch entering the model at block L and position p (the residual stream before block L, or a
+head / attention output of block L, whose block still needs its MLP; an MLP output of block
+L enters at block L + 1): nothing at positions before the first one where the prompts differ
+(their activations are identical in both runs), nothing before block L (the cached base run
+holds it), blocks L .. n-2 at positions p .. seq-1 only (the earlier positions' keys and
+values are cached), the last block at the final position only, and the final position's two
+logits (answer, distractor).  It is priced in token-blocks (one block at one position) at the
+throughput of one plain batched forward of 16 copies of the prompt (256 tokens per matmul),
+measured in the same process; "x floor" is a row's time over that price (1.0 = at the floor;
+below 1 is possible: the floor's price is a batch-256 throughput, a heavier batch runs faster).
+
+Peak memory: every fast/batched/attribution row is re-run once in its own child process,
+whose maximum resident set (the model loaded included) is reported.
+
+``--tl-python PATH`` runs TransformerLens's ``patching`` module (``get_act_patch_resid_pre``,
+``get_act_patch_attn_head_out_all_pos``) in that Python on the same weights, next to the same
+hooks loop run in that process, and reports its ratio to the loop per patch (TransformerLens's
+residual sweep has n_layers rows, not n_layers + 1).  The config is built by hand
+(``HookedTransformerConfig``), so no hub is contacted.  TransformerLens is not a dependency of
+this project and is not installed here: that code path is UNTESTED here; it exits with a clear
+error if the given Python cannot import ``transformer_lens``.  GPT-2 shapes only.
+
+Results: printed as a markdown table and written to outputs/benchmarks/sweeps-<model>.json.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,21 +70,40 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "After John and Mary went to the store, Mary gave a bottle of milk to"
 QUICK_PROMPT = "After John and Mary went to the store, Mary gave a drink to"  # in ioi-tiny's vocabulary
-METHODS = [  # (label, sweep method, metrics)
-    ("textbook loop (one traced forward per patch)", "loop", None),
+HOOKS = "hooks loop (plain PyTorch hooks, one forward per patch)"
+METHODS = [  # (label, method, metrics); the first is the unit
+    (HOOKS, "hooks", None),
+    ("nnsight loop (one traced forward per patch)", "loop", None),
     ("batched nnsight (many patches per forward)", "batched", None),
     ("fast exact, default (all metrics)", "fast", None),
     ("fast exact, logit difference only", "fast", ("logit_diff",)),
-    ("attribution patching (estimate)", "attribution", None),
+    ("attribution patching (estimate, all maps)", "attribution", None),
 ]
-SWEEPS = ("resid", "heads")
+SWEEPS = ("resid", "heads", "head_pos", "attn", "mlp")
+NAMES = {"resid": "residual layer x position", "heads": "all heads (layer x head)",
+         "head_pos": "head x position", "attn": "attention output layer x position",
+         "mlp": "MLP output layer x position"}
+SLOW = {"loop": ("resid", "heads"), "hooks": ("resid", "heads")}  # loops measured by default
+MEMORY_METHODS = ("batched", "fast", "attribution")
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATCHLAB_PROGRESS": "0",
+       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(model_dir: str, sweep: str, method: str, metrics: str, dtype: str) -> dict:
+def reference_hooks():
+    """``tests/reference_hooks.py`` imported by path (it needs only torch)."""
+    spec = importlib.util.spec_from_file_location("reference_hooks", ROOT / "tests" / "reference_hooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --------------------------------------------------------------------------- the runs
+
+def _setup(model_dir: str, dtype: str = "float32"):
     import torch
 
     torch.set_num_threads(1)
@@ -63,48 +111,242 @@ def child(model_dir: str, sweep: str, method: str, metrics: str, dtype: str) -> 
 
     model = H.load_model(model_dir, dtype=dtype)
     pairs = H.pairs_from_prompt(model.tokenizer, QUICK_PROMPT if model_dir == "ioi-tiny" else PROMPT)
-    f = H.model_facts(model)
-    # per-(layer, position) throughput of a plain batched forward, for the floor
-    batch = pairs.corrupted_ids.repeat(16, 1)
-    with torch.no_grad():
-        H.models.hf_model(model)(batch, use_cache=False)
-        t = time.perf_counter()
-        H.models.hf_model(model)(batch, use_cache=False)
-        per_unit = (time.perf_counter() - t) / (16 * f.n_layers * pairs.seq_len)
-    loaded = _rss_mb()
-    kw = {"progress": False}
-    if metrics:
-        kw["metrics"] = tuple(metrics.split(","))
-    start = time.perf_counter()
+    return H, model, pairs
+
+
+def hooks_loop(ref, hf, pairs, sweep: str):
+    """The plain-hooks loop for ``sweep``: logit differences of prompt 0, in the project's order."""
+    import torch
+
+    fam = ref.family_of(hf)
+    base, src = pairs.corrupted_ids, pairs.clean_ids
+    if sweep == "resid":
+        logits = torch.cat([ref.sweep(hf, fam, base, src, "embed")[None],
+                            ref.sweep(hf, fam, base, src, "resid")])
+    elif sweep in ("attn", "mlp"):
+        logits = ref.sweep(hf, fam, base, src, sweep)
+    else:
+        logits = ref.sweep(hf, fam, base, src, "head", per_position=sweep == "head_pos")
+    a, d = int(pairs.answer_ids[0]), int(pairs.distractor_ids[0])
+    return (logits[..., 0, a] - logits[..., 0, d]).flatten()
+
+
+def project_sweep(H, model, pairs, sweep: str, method: str, metrics):
+    """A project sweep's logit differences of prompt 0."""
     if method == "attribution":
-        result = H.attribution_patching(model, pairs)["resid" if sweep == "resid" else "heads"]
-    elif sweep == "resid":
-        result = H.patch_residual(model, pairs, method=method, **kw)
+        key = {"resid": "resid", "heads": "heads", "head_pos": "head_pos", "attn": "attn", "mlp": "mlp"}
+        return H.attribution_patching(model, pairs)[key[sweep]].values["logit_diff"][0].flatten()
+    kw = {"progress": False, "method": method}
+    if metrics:
+        kw["metrics"] = tuple(metrics)
+    if sweep == "resid":
+        r = H.patch_residual(model, pairs, **kw)
+    elif sweep == "attn":
+        r = H.patch_attn_out(model, pairs, **kw)
+    elif sweep == "mlp":
+        r = H.patch_mlp_out(model, pairs, **kw)
     else:
-        result = H.patch_heads(model, pairs, method=method, **kw)
-    seconds = time.perf_counter() - start
-    first, seq, n = pairs.first_difference, pairs.seq_len, f.n_layers
-    def needed(layer: int, p: int) -> int:
-        """(layer, position) computations a patch entering block ``layer`` at position
-        ``p`` needs: blocks layer .. n-2 at positions p.., the last block at the end only."""
-        return 0 if layer >= n else max(0, n - 1 - layer) * (seq - p) + 1
-
-    if sweep == "resid":  # stream index L = input of block L: embed is 0, block L's output L + 1
-        units = sum(needed(row, p) for row in range(n + 1) for p in range(first, seq))
-    else:
-        units = sum(needed(layer, first) for layer in range(n) for _ in range(f.n_heads))
-    return {"seconds": seconds, "floor_seconds": units * per_unit, "peak_mb": _rss_mb(),
-            "loaded_mb": loaded, "logit_diff": result.values["logit_diff"][0].flatten().tolist(),
-            "patches": result.values["logit_diff"][0].numel()}
+        r = H.patch_heads(model, pairs, by_position=sweep == "head_pos", **kw)
+    return r.values["logit_diff"][0].flatten()
 
 
-def run_child(model_dir: str, sweep: str, method: str, metrics, dtype: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", model_dir, sweep, method, ",".join(metrics or ()), dtype]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATCHLAB_PROGRESS": "0",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+def floor_units(f, cfg, sweep: str, first: int, seq: int) -> float:
+    """Token-blocks of the floor (see the module docstring) for one prompt pair."""
+    n, d = f.n_layers, f.d_model
+    d_mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    attn_macs = d * (f.n_heads + 2 * f.n_kv_heads) * f.d_head + f.n_heads * f.d_head * d
+    mlp_macs = (2 if f.family == "gpt2" else 3) * d * d_mlp
+    mlp_share = mlp_macs / (attn_macs + mlp_macs)
+
+    def enter(block: int, p: int, mlp_only: bool = False) -> float:
+        """A patch entering block ``block`` at position ``p`` (with only its MLP left)."""
+        if block >= n:
+            return 0.0
+        part = mlp_share if mlp_only else 1.0
+        if block == n - 1:
+            return part  # the last block: the final position only
+        return (part + n - 2 - block) * (seq - p) + 1
+
+    positions = range(first, seq)
+    if sweep == "resid":  # the stream before block L, L = 0 .. n (n: after the last block)
+        return sum(enter(L, p) for L in range(n + 1) for p in positions)
+    if sweep in ("attn", "head_pos"):
+        per = f.n_heads if sweep == "head_pos" else 1
+        return per * sum(enter(L, p, True) for L in range(n) for p in positions)
+    if sweep == "heads":  # every position from the first difference on
+        return f.n_heads * sum(enter(L, first, True) for L in range(n))
+    return sum(enter(L + 1, p) for L in range(n) for p in positions)  # mlp
+
+
+def timing_child(model_dir: str, repeats: int, sweeps: str, full_loops: bool) -> dict:
+    import torch
+
+    H, model, pairs = _setup(model_dir)
+    ref = reference_hooks()
+    hf = H.models.hf_model(model)
+    f = H.model_facts(model)
+    first, seq, n_pairs = pairs.first_difference, pairs.seq_len, len(pairs)
+    batch = pairs.corrupted_ids.repeat(16, 1)
+    out = {"sweeps": {}, "seq": seq, "first_difference": first, "pairs": n_pairs}
+    floor_block = []  # seconds per token-block of a plain batched forward
+    for _ in range(repeats):
+        with torch.no_grad():
+            hf(batch, use_cache=False, logits_to_keep=1)
+            t = time.perf_counter()
+            hf(batch, use_cache=False, logits_to_keep=1)
+            floor_block.append((time.perf_counter() - t) / (batch.numel() * f.n_layers))
+    per_block = statistics.median(floor_block)
+    out["seconds_per_token_block"] = per_block
+    times: dict = {}
+    values: dict = {}
+    for rep in range(repeats):
+        for sweep in sweeps.split(","):
+            for label, method, metrics in METHODS:
+                if method in SLOW and sweep not in SLOW[method] and not full_loops:
+                    continue
+                if method == "loop" and sweep not in SLOW["loop"]:
+                    continue  # the nnsight loop only where the issue tracks it
+                if method == "batched" and sweep not in ("resid", "heads"):
+                    continue
+                start = time.perf_counter()
+                with torch.no_grad() if method == "hooks" else _nullcontext():
+                    got = (hooks_loop(ref, hf, pairs, sweep) if method == "hooks"
+                           else project_sweep(H, model, pairs, sweep, method, metrics))
+                times.setdefault(sweep, {}).setdefault(label, []).append(time.perf_counter() - start)
+                values.setdefault(sweep, {})[label] = got.float()
+            print(f"repeat {rep + 1}/{repeats}: {sweep} done", file=sys.stderr, flush=True)
+    for sweep in times:
+        patches = int(next(iter(values[sweep].values())).numel())
+        floor = (2 * n_pairs * seq * f.n_layers + n_pairs * floor_units(f, hf.config, sweep, first, seq)) * per_block
+        rows = {}
+        unit = values[sweep].get(HOOKS)
+        for label, ts in times[sweep].items():
+            diff = None if unit is None else float((values[sweep][label] - unit).abs().max())
+            rows[label] = {"seconds": statistics.median(ts), "runs": ts, "max_diff_vs_hooks": diff}
+        out["sweeps"][sweep] = {"patches": patches, "floor_seconds": floor, "methods": rows}
+    # the hooks loop's time per forward, for the sweeps whose loop is not measured
+    per_forward = [out["sweeps"][s]["methods"][HOOKS]["seconds"] / out["sweeps"][s]["patches"]
+                   for s in out["sweeps"] if HOOKS in out["sweeps"][s]["methods"]]
+    out["hooks_seconds_per_patch"] = statistics.median(per_forward) if per_forward else None
+    return out
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def memory_child(model_dir: str, sweep: str, method: str, metrics: str) -> dict:
+    H, model, pairs = _setup(model_dir)
+    loaded = _rss_mb()
+    start = time.perf_counter()
+    project_sweep(H, model, pairs, sweep, method, metrics.split(",") if metrics else None)
+    return {"seconds": time.perf_counter() - start, "peak_mb": _rss_mb(), "loaded_mb": loaded}
+
+
+def profile_child(model_dir: str) -> str:
+    """Where the fast path's time goes: torch.profiler, grouped by operation."""
+    from torch.profiler import ProfilerActivity, profile
+
+    H, model, pairs = _setup(model_dir)
+    parts = []
+    for sweep in ("resid", "heads"):
+        for metrics in (None, ("logit_diff",)):
+            project_sweep(H, model, pairs, sweep, "fast", metrics)  # warm-up
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                project_sweep(H, model, pairs, sweep, "fast", metrics)
+            total = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e6
+            parts.append(f"\n### fast path, {NAMES[sweep]}, metrics={metrics or 'all'} "
+                         f"(profiled total {total:.2f} s of self CPU time)\n")
+            parts.append(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14,
+                                                   max_name_column_width=40))
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- TransformerLens
+
+TL_SCRIPT = r'''
+import json, sys, time, statistics, importlib.util
+model_dir, ref_path, prompt, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+try:
+    import transformer_lens
+    from transformer_lens import HookedTransformer, HookedTransformerConfig, patching
+except ImportError as err:
+    sys.exit(f"this Python ({sys.executable}) cannot import transformer_lens: {err}. "
+             "Give --tl-python a Python with TransformerLens installed.")
+import torch
+from transformers import AutoTokenizer, GPT2LMHeadModel
+torch.set_num_threads(1)
+hf = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+tok = AutoTokenizer.from_pretrained(model_dir)
+c = hf.config
+if c.model_type != "gpt2":
+    sys.exit("the TransformerLens row supports GPT-2 shapes only")
+cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head,
+                              d_head=c.n_embd // c.n_head, d_mlp=4 * c.n_embd, n_ctx=c.n_positions,
+                              d_vocab=c.vocab_size, act_fn="gelu_new", normalization_type="LN",
+                              positional_embedding_type="standard", eps=c.layer_norm_epsilon,
+                              original_architecture="GPT2LMHeadModel", default_prepend_bos=False,
+                              device="cpu", dtype=torch.float32)
+try:
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+except ImportError:
+    from transformer_lens.loading_from_pretrained import convert_gpt2_weights
+model = HookedTransformer(cfg)
+model.load_and_process_state_dict(convert_gpt2_weights(hf, cfg), fold_ln=False,
+                                  center_writing_weights=False, center_unembed=False,
+                                  fold_value_biases=False, refactor_factored_attn_matrices=False)
+model.eval()
+spec = importlib.util.spec_from_file_location("reference_hooks", ref_path)
+ref = importlib.util.module_from_spec(spec); spec.loader.exec_module(ref)
+words = prompt.split(" ")
+corrupted = tok(prompt, return_tensors="pt").input_ids
+clean_prompt = prompt.replace(" Mary gave", " John gave")
+clean = tok(clean_prompt, return_tensors="pt").input_ids
+answer, distractor = tok(" John").input_ids[0], tok(" Mary").input_ids[0]
+with torch.no_grad():
+    tl_logits = model(corrupted)[0, -1]
+    hf_logits = hf(corrupted).logits[0, -1]
+same_weights = float((tl_logits - hf_logits).abs().max())
+_, clean_cache = model.run_with_cache(clean)
+metric = lambda logits: logits[0, -1, answer] - logits[0, -1, distractor]
+times = {"tl_resid": [], "tl_heads": [], "hooks_resid": [], "hooks_heads": []}
+for _ in range(repeats):
+    t = time.perf_counter(); patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric)
+    times["tl_resid"].append(time.perf_counter() - t)
+    t = time.perf_counter(); patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, metric)
+    times["tl_heads"].append(time.perf_counter() - t)
+    with torch.no_grad():
+        t = time.perf_counter(); ref.sweep(hf, "gpt2", corrupted, clean, "resid")
+        times["hooks_resid"].append(time.perf_counter() - t)
+        t = time.perf_counter(); ref.sweep(hf, "gpt2", corrupted, clean, "head", per_position=False)
+        times["hooks_heads"].append(time.perf_counter() - t)
+seq, n, h = corrupted.shape[1], c.n_layer, c.n_head
+print(json.dumps({"version": getattr(transformer_lens, "__version__", "?"), "same_weights_max_diff": same_weights,
+                  "seconds": {k: statistics.median(v) for k, v in times.items()},
+                  "patches": {"tl_resid": n * seq, "tl_heads": n * h, "hooks_resid": n * seq, "hooks_heads": n * h}}))
+'''
+
+
+def tl_child(python: str, model_dir: str, repeats: int) -> dict:
+    done = subprocess.run([python, "-c", TL_SCRIPT, model_dir, str(ROOT / "tests" / "reference_hooks.py"),
+                           PROMPT, str(repeats)], capture_output=True, text=True,
+                          env={**os.environ, **ENV}, cwd=ROOT)
     if done.returncode:
-        raise RuntimeError(f"{sweep}/{method} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"--tl-python {python}: the TransformerLens run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- driver
+
+def run_child(*args: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV}, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(f"{args} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -128,10 +370,23 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="the bundled model instead of GPT-2 small")
     ap.add_argument("--model", choices=("gpt2", "smollm2"), default="gpt2",
                     help="the shapes to measure: GPT-2 small (default) or SmolLM2-135M (Llama)")
-    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per row; the median is reported")
+    ap.add_argument("--sweeps", default=",".join(SWEEPS), help=f"comma-separated subset of {SWEEPS}")
+    ap.add_argument("--full-loops", action="store_true",
+                    help="measure the hooks loop for every sweep (else per-forward time x patches)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child runs")
+    ap.add_argument("--profile", action="store_true", help="print where the fast path's time goes, by op")
+    ap.add_argument("--tl-python", metavar="PATH", help="a Python with transformer_lens: adds its row")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(*args.child)))
+        kind, *rest = args.child
+        if kind == "timing":
+            print(json.dumps(timing_child(rest[0], int(rest[1]), rest[2], rest[3] == "1")))
+        elif kind == "memory":
+            print(json.dumps(memory_child(*rest)))
+        else:
+            print(json.dumps({"text": profile_child(rest[0])}))
         return 0
     sys.path.insert(0, str(ROOT / "tests"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,34 +402,52 @@ def main() -> int:
 
             model_dir = str(build_gpt2_standin(Path(tmp) / "gpt2-standin"))
             model_label = "GPT-2 small stand-in (real tokenizer, random weights)"
-        rows, report = [], {"machine": machine(), "model": model_label, "sweeps": {},
-                            "prompt": QUICK_PROMPT if args.quick else PROMPT}
-        for sweep in SWEEPS:
-            res = {label: run_child(model_dir, sweep, method, metrics, "float32")
-                   for label, method, metrics in METHODS}
-            loop = res[METHODS[0][0]]
-            check64 = {m: run_child(model_dir, sweep, m, None, "float64") for m in ("loop", "fast")}
-            err64 = max(abs(a - b) for a, b in zip(check64["loop"]["logit_diff"], check64["fast"]["logit_diff"]))
-            report["sweeps"][sweep] = {"methods": res, "float64_max_difference_fast_vs_loop": err64}
-            for label, _, _ in METHODS:
-                r = res[label]
-                diff = max(abs(a - b) for a, b in zip(r["logit_diff"], loop["logit_diff"]))
-                rows.append((sweep, label, r["seconds"], loop["seconds"] / r["seconds"],
-                             r["seconds"] / r["floor_seconds"], r["peak_mb"], diff, r["patches"]))
-            print(f"[{sweep}] float64 check: default fast path vs loop, max |difference| = {err64:.2e}",
-                  flush=True)
-    names = {"resid": "residual layer x position", "heads": "layer x head"}
-    print(f"\nMachine: {report['machine']}\nModel: {model_label}\n")
-    print("| sweep | method | time (s) | speed-up vs loop | x floor | peak memory (MB) | max diff vs loop |")
+        report = {"machine": machine(), "model": model_label, "repeats": args.repeats,
+                  "prompt": QUICK_PROMPT if args.quick else PROMPT}
+        timing = run_child("timing", model_dir, str(args.repeats), args.sweeps, "1" if args.full_loops else "0")
+        report.update(timing)
+        if not args.no_memory:
+            for sweep, res in timing["sweeps"].items():
+                for label, method, metrics in METHODS:
+                    if method in MEMORY_METHODS and label in res["methods"]:
+                        mem = run_child("memory", model_dir, sweep, method, ",".join(metrics or ()))
+                        res["methods"][label].update(peak_mb=mem["peak_mb"], loaded_mb=mem["loaded_mb"])
+        if args.tl_python:
+            report["transformer_lens"] = tl_child(args.tl_python, model_dir, args.repeats)
+        profile_text = run_child("profile", model_dir)["text"] if args.profile else None
+    print(f"\nMachine: {report['machine']}\nModel: {model_label}; {report['pairs']} prompt pair(s), "
+          f"{report['seq']} tokens, first difference at {report['first_difference']}; median of "
+          f"{args.repeats}. Timings on a shared machine are noisy: read the ratios.\n")
+    print("| sweep | method | time (s) | x hooks loop | x floor | peak RSS (MB) | max diff vs hooks |")
     print("|---|---|---|---|---|---|---|")
-    for sweep, label, sec, speed, floor, peak, diff, n in rows:
-        print(f"| {names[sweep]} ({n} patches) | {label} | {sec:.2f} | {speed:.1f}x | {floor:.1f} | "
-              f"{peak:.0f} | {diff:.1e} |")
+    per_patch = report["hooks_seconds_per_patch"]
+    for sweep, res in report["sweeps"].items():
+        methods = res["methods"]
+        loop = methods.get(HOOKS, {}).get("seconds")
+        if loop is None:
+            loop = per_patch * res["patches"]
+            print(f"| {NAMES[sweep]} ({res['patches']} patches) | {HOOKS}, estimated: "
+                  f"{per_patch:.3f} s/forward x {res['patches']} | {loop:.2f} | 1x | "
+                  f"{loop / res['floor_seconds']:.1f} | - | - |")
+        for label, r in methods.items():
+            diff = "-" if r["max_diff_vs_hooks"] is None else f"{r['max_diff_vs_hooks']:.1e}"
+            peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else "-"
+            print(f"| {NAMES[sweep]} ({res['patches']} patches) | {label} | {r['seconds']:.2f} | "
+                  f"{loop / r['seconds']:.1f}x | {r['seconds'] / res['floor_seconds']:.2f} | {peak} | {diff} |")
+        print(f"| {NAMES[sweep]} ({res['patches']} patches) | the floor (see docstring) | "
+              f"{res['floor_seconds']:.2f} | {loop / res['floor_seconds']:.1f}x | 1.00 | - | - |")
+    tl = report.get("transformer_lens")
+    if tl:
+        s, n = tl["seconds"], tl["patches"]
+        for which in ("resid", "heads"):
+            ratio = (s[f"hooks_{which}"] / n[f"hooks_{which}"]) / (s[f"tl_{which}"] / n[f"tl_{which}"])
+            print(f"| {NAMES[which]} | TransformerLens {tl['version']} patching (its own process, "
+                  f"per patch) | {s[f'tl_{which}']:.2f} | {ratio:.2f}x | - | - | weights max diff "
+                  f"{tl['same_weights_max_diff']:.1e} |")
+    if profile_text:
+        print(profile_text)
     out = ROOT / "outputs" / "benchmarks" / f"sweeps-{'quick' if args.quick else args.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    for sweep in report["sweeps"].values():
-        for r in sweep["methods"].values():
-            r.pop("logit_diff")
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nwrote {out.relative_to(ROOT)}")
     return 0

@@ -11,8 +11,14 @@ For a patch set whose earliest patch is at block L0 and position p0, in the patc
   keys and values);
 * with ``columns``, only the answer and distractor logits are computed.
 
-Rows (one per prompt pair and patch set) are grouped by p0, so a group's tensors share a
-shape; within a group a row takes part in a block only from its own L0 on.  A block is
+The rows (one per prompt pair and patch set) are *packed*: each row contributes only its
+own positions p0 .. seq-1, and the tokens of every row are laid end to end in one
+``[tokens, d_model]`` matrix, rows ordered by L0, so the rows taking part in block L (those
+with L0 <= L) are a prefix of it.  Every position-wise step (norms, projections, MLP) runs as
+one matrix product over that prefix, whatever the rows' widths; only attention goes through
+a padded ``[rows, positions, ...]`` layout (a row's missing early positions are padding whose
+outputs are never read), with the cached keys and values in front.  One unembedding then
+serves every row.  A block is
 recomputed from the model's own submodules, with the causal softmax attention written
 out: GPT-2 (``ln_1``, ``c_attn``, ``c_proj``, ``ln_2``, ``mlp``) and Llama-style models
 (RMSNorm, rotary positions, grouped-query attention, optional per-head q/k norms as in
@@ -55,7 +61,7 @@ def supports_fast_path(model: Any, seq: int | None = None) -> bool:
 
 
 class _Blocks:
-    """One family's block arithmetic on plain tensors (outside any trace)."""
+    """One family's block arithmetic on packed tokens (outside any trace)."""
 
     def __init__(self, hf: Any, f: ModelAnatomy):
         self.hf, self.f = hf, f
@@ -64,33 +70,36 @@ class _Blocks:
             attn = f.attn(hf, 0)
             self.rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
             self.rotary = hf.model.rotary_emb
+        self.fused_gelu = False
+        if self.gpt2:  # GPT-2's "gelu_new" is the tanh GELU: one fused kernel instead of five
+            act = f.block(hf, 0).mlp.act
+            self.fused_gelu = type(act).__name__ in ("NewGELUActivation", "GELUTanh")
 
     def block(self, layer: int) -> Any:
         return self.f.block(self.hf, layer)
 
-    def qkv(self, layer: int, x: torch.Tensor, first: int) -> tuple[torch.Tensor, ...]:
-        """Queries ``[rows, n_heads, w, d_head]``, keys and values ``[rows, n_kv_heads, w, d_head]``
-        of the block's input ``x`` ``[rows, w, d_model]`` at positions ``first .. first + w - 1``."""
+    def qkv(self, layer: int, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Queries ``[T, n_heads, d_head]``, keys and values ``[T, n_kv_heads, d_head]`` of the
+        block's input ``x`` ``[T, d_model]`` (tokens at ``positions`` ``[T]``)."""
         f, block = self.f, self.block(layer)
-        rows, w, _ = x.shape
+        t = x.shape[0]
         if self.gpt2:
-            qkv = block.attn.c_attn(block.ln_1(x)).view(rows, w, 3, f.n_heads, f.d_head)
-            return tuple(qkv[:, :, i].transpose(1, 2) for i in range(3))
+            qkv = block.attn.c_attn(block.ln_1(x)).view(t, 3, f.n_heads, f.d_head)
+            return qkv[:, 0], qkv[:, 1], qkv[:, 2]
         attn, h = block.self_attn, block.input_layernorm(x)
-        q = attn.q_proj(h).view(rows, w, -1, f.d_head)
-        k = attn.k_proj(h).view(rows, w, -1, f.d_head)
-        v = attn.v_proj(h).view(rows, w, -1, f.d_head)
+        q = attn.q_proj(h).view(t, -1, f.d_head)
+        k = attn.k_proj(h).view(t, -1, f.d_head)
+        v = attn.v_proj(h).view(t, -1, f.d_head)
         if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's vector
             q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        positions = torch.arange(first, first + w, device=x.device)[None]
-        cos, sin = self.rotary(x, positions)
-        q, k = self.rope(q, k, cos, sin)
-        return q, k, v
+        cos, sin = self.rotary(x[None], positions[None])  # [1, T, d_head]
+        q, k = self.rope(q[None], k[None], cos, sin, unsqueeze_dim=2)
+        return q[0], k[0], v
 
     def attend(self, layer: int, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                mask: torch.Tensor) -> torch.Tensor:
-        """Causal softmax attention: ``[rows, w, n_heads * d_head]`` (the output projection's input)."""
+        """Causal softmax attention of ``q`` ``[rows, n_heads, w, d_head]`` over ``keys`` and
+        ``values`` ``[rows, n_kv_heads, seq, d_head]``: ``[rows, w, n_heads * d_head]``."""
         f = self.f
         if f.n_kv_heads != f.n_heads:  # grouped-query attention: each kv head serves a group
             keys = keys.repeat_interleave(f.n_heads // f.n_kv_heads, dim=1)
@@ -116,6 +125,9 @@ class _Blocks:
     def mlp(self, layer: int, h: torch.Tensor) -> torch.Tensor:
         block = self.block(layer)
         norm = block.ln_2 if self.gpt2 else block.post_attention_layernorm
+        if self.fused_gelu:
+            mlp = block.mlp
+            return mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(norm(h)), approximate="tanh"))
         return block.mlp(norm(h))
 
     def logits(self, final: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
@@ -139,12 +151,14 @@ def cache_base_run(model: Any, ids: torch.Tensor) -> BaseCache:
         logits = f.unembed(model).output[:, -1].clone().save()
     logits = f.logits(logits)
     blocks = _Blocks(hf_model(model), f)
+    n, seq = ids.shape
+    positions = torch.arange(seq, device=resid[0].device).repeat(n)
     keys, values = [], []
     with torch.no_grad():
         for layer in range(f.n_layers):
-            _, k, v = blocks.qkv(layer, resid[layer], 0)
-            keys.append(k)
-            values.append(v)
+            _, k, v = blocks.qkv(layer, resid[layer].reshape(n * seq, -1), positions)
+            keys.append(k.view(n, seq, f.n_kv_heads, f.d_head).transpose(1, 2))
+            values.append(v.view(n, seq, f.n_kv_heads, f.d_head).transpose(1, 2))
     return BaseCache(torch.stack(resid, 1), torch.stack(keys, 1), torch.stack(values, 1), logits)
 
 
@@ -185,80 +199,115 @@ def run_patch_sets(model: Any, base: BaseCache, source: dict[tuple[str, int | No
         plans.append(plan)
         starts_l.append(min(_stream_index(site, layer) for site, layer, _, _ in plan))
         starts_p.append(min(min(qs) for _, _, qs, _ in plan))
-    width = f.vocab_size if columns is None else columns.shape[1]
-    out = torch.empty(rows, width, dtype=base.resid.dtype, device=dev)
-    for p0 in sorted(set(starts_p)):
-        idx = [r for r in range(rows) if starts_p[r] == p0]
-        final = _run_group(blocks, base, source, [plans[r] for r in idx],
-                           [starts_l[r] for r in idx], pair_of_row[idx].to(dev), p0, seq)
-        out[idx] = blocks.logits(final, None if columns is None else columns[idx].to(dev))
+    # rows ordered by the block they start at (then by p0): the rows taking part in block L
+    # are a prefix, and so are their tokens
+    order = sorted(range(rows), key=lambda r: (starts_l[r], starts_p[r]))
+    pairs = pair_of_row.to(dev)[order]
+    with torch.no_grad():
+        final = _run_packed(blocks, base, source, [plans[r] for r in order],
+                            [starts_l[r] for r in order], [starts_p[r] for r in order], pairs, seq)
+        cols = None if columns is None else columns.to(dev)[order]
+        logits = blocks.logits(final, cols)
+    out = torch.empty_like(logits)
+    out[torch.tensor(order, device=dev)] = logits
     return out
 
 
-def _run_group(blocks: _Blocks, base: BaseCache, source: dict, plans: list, start_layers: list[int],
-               pairs: torch.Tensor, p0: int, seq: int) -> torch.Tensor:
-    """The final residual stream at the last position, ``[rows, 1, d_model]``, for rows
-    whose earliest patched position is ``p0``."""
+def _run_packed(blocks: _Blocks, base: BaseCache, source: dict, plans: list, start_layers: list[int],
+                start_positions: list[int], pairs: torch.Tensor, seq: int) -> torch.Tensor:
+    """The final residual stream at the last position, ``[rows, d_model]``, of rows sorted by
+    their start block (``start_layers`` non-decreasing)."""
     f = blocks.f
+    n_layers, last = f.n_layers, f.n_layers - 1
     dev = base.resid.device
-    width = seq - p0
+    rows = len(plans)
+    widths = [seq - p for p in start_positions]
+    row_start = [0]
+    for w in widths:
+        row_start.append(row_start[-1] + w)
+    n_tok = row_start[-1]
+    tok_row = torch.repeat_interleave(torch.arange(rows, device=dev), torch.tensor(widths, device=dev))
+    tok_pos = torch.cat([torch.arange(p, seq, device=dev) for p in start_positions])
+    last_tok = torch.tensor(row_start[1:], device=dev) - 1  # each row's final position
     start = torch.tensor(start_layers, device=dev)
-    # each row begins as the base run's residual stream at its own start
-    hidden = base.resid[pairs, start.clamp(max=f.n_layers), p0:].clone()  # [rows, width, d_model]
-    by_site: dict[tuple[str, int], list] = {}  # (where, stream index or layer) -> [(row, qs, head, key)]
+    # every token begins as the base run's residual stream before its row's first block
+    hidden = base.resid[pairs[tok_row], start[tok_row].clamp(max=n_layers), tok_pos]  # [T, d]
+    rows_in = [int((start <= layer).sum()) for layer in range(n_layers)]  # prefix lengths
+    # Patches, per place: ("stream", i) | (site, layer) -> [(token, row, src pair, pos, head, key)]
+    by_site: dict[tuple[str, int], list] = {}
     for r, plan in enumerate(plans):
         for site, layer, qs, head in plan:
             where = ("stream", _stream_index(site, layer)) if site in ("embed", "resid") else (site, layer)
-            by_site.setdefault(where, []).append((r, qs, head, (site, layer)))
-    causal = torch.ones(width, seq, dtype=torch.bool, device=dev).tril(diagonal=p0)
-
-    def patch(tensor: torch.Tensor, where: tuple[str, int], active: torch.Tensor, first: int) -> None:
-        """In place: ``tensor`` [active rows, positions first.., ...] patched at ``where``."""
-        entries = by_site.get(where)
-        if not entries:
-            return
-        slot = {int(r): i for i, r in enumerate(active.tolist())}
-        groups: dict[tuple, list] = {}
-        for r, qs, head, key in entries:
-            if r in slot:
-                for q in qs:
-                    if first <= q < first + tensor.shape[1]:
-                        groups.setdefault(key, []).append((slot[r], q, int(pairs[r]), head))
-        for key, items in groups.items():
-            r_t, q_t, s_t = (torch.tensor([it[i] for it in items], device=dev) for i in range(3))
-            src = source[key].to(dev)
+            for q in qs:
+                tok = row_start[r] + q - start_positions[r]
+                by_site.setdefault(where, []).append((tok, r, int(pairs[r]), q, head, (site, layer)))
+    # the source values, gathered once: where -> [(token idx, row idx, head idx | None, value)]
+    steps: dict[tuple[str, int], list] = {}
+    for where, items in by_site.items():
+        by_key: dict[tuple, list] = {}
+        for it in items:
+            by_key.setdefault(it[5], []).append(it)
+        for key, its in by_key.items():
+            tok, row, src, pos = (torch.tensor([it[i] for it in its], device=dev) for i in range(4))
+            value = source[key].to(dev)
+            head = None
             if key[0] == "head":
-                h_t = torch.tensor([it[3] for it in items], device=dev)
-                view = tensor.view(*tensor.shape[:2], f.n_heads, f.d_head)
-                view[r_t, q_t - first, h_t] = src.view(*src.shape[:2], f.n_heads, f.d_head)[s_t, q_t, h_t]
+                head = torch.tensor([it[4] for it in its], device=dev)
+                value = value.view(*value.shape[:2], f.n_heads, f.d_head)[src, pos, head]
             else:
-                tensor[r_t, q_t - first] = src[s_t, q_t]
+                value = value[src, pos]
+            steps.setdefault(where, []).append((tok, row, pos, head, value.to(hidden.dtype)))
 
-    all_rows = torch.arange(len(plans), device=dev)
-    last = f.n_layers - 1
-    for layer in range(min(start_layers), f.n_layers):
-        active = all_rows[start <= layer]
-        h = hidden[active]
-        patch(h, ("stream", layer), active, p0)
-        q, k, v = blocks.qkv(layer, h, p0)
-        keys = torch.cat([base.keys[pairs[active], layer, :, :p0], k], 2)
-        values = torch.cat([base.values[pairs[active], layer, :, :p0], v], 2)
-        # In the last block only the last position matters: its keys and values need
-        # every position, but the queries, output projection and MLP only the last.
-        first, mask = (seq - 1, causal[-1:]) if layer == last else (p0, causal)
-        if layer == last:
-            q, h = q[:, :, -1:], h[:, -1:]
-        z = blocks.attend(layer, q, keys, values, mask)
-        patch(z, ("head", layer), active, first)
+    def patch(tensor: torch.Tensor, where: tuple[str, int], final_only: bool = False) -> None:
+        """In place: ``tensor`` (tokens, or with ``final_only`` one final position per row)."""
+        for tok, row, pos, head, value in steps.get(where, ()):
+            index = tok
+            if final_only:  # only the final position's value matters here
+                keep = pos == seq - 1
+                index, head, value = row[keep], None if head is None else head[keep], value[keep]
+            if head is not None:
+                tensor.view(tensor.shape[0], f.n_heads, f.d_head)[index, head] = value
+            else:
+                tensor[index] = value
+
+    p_min = min(start_positions)
+    width = seq - p_min  # the padded attention layout: positions p_min .. seq-1
+    slot = tok_pos - p_min
+    causal = torch.ones(width, seq, dtype=torch.bool, device=dev).tril(diagonal=p_min)
+    for layer in range(min(start_layers), n_layers):
+        n_rows = rows_in[layer]
+        n_t = row_start[n_rows]
+        x = hidden[:n_t]
+        patch(x, ("stream", layer))
+        q, k, v = blocks.qkv(layer, x, tok_pos[:n_t])
+        r_t, s_t = tok_row[:n_t], slot[:n_t]
+        # keys and values: the base run's, with this block's new ones from each row's p0 on
+        keys = base.keys[pairs[:n_rows], layer].transpose(1, 2).clone()  # [rows, seq, kv, d_head]
+        values = base.values[pairs[:n_rows], layer].transpose(1, 2).clone()
+        keys[r_t, tok_pos[:n_t]] = k
+        values[r_t, tok_pos[:n_t]] = v
+        keys, values = keys.transpose(1, 2), values.transpose(1, 2)
+        if layer == last:  # only the final position: its query, output projection and MLP
+            queries = q[last_tok[:n_rows]][:, :, None]  # [rows, heads, 1, d_head]
+            z = blocks.attend(layer, queries, keys, values, causal[-1:])[:, 0]  # [rows, H*dh]
+            patch(z, ("head", layer), final_only=True)
+            attn_out = blocks.o_proj(layer, z)
+            patch(attn_out, ("attn", layer), final_only=True)
+            h = x[last_tok[:n_rows]] + attn_out
+            mlp_out = blocks.mlp(layer, h)
+            patch(mlp_out, ("mlp", layer), final_only=True)
+            hidden[last_tok[:n_rows]] = h + mlp_out
+            break
+        queries = q.new_zeros(n_rows, width, f.n_heads, f.d_head)
+        queries[r_t, s_t] = q
+        z = blocks.attend(layer, queries.transpose(1, 2), keys, values, causal)[r_t, s_t]  # [T, H*dh]
+        patch(z, ("head", layer))
         attn_out = blocks.o_proj(layer, z)
-        patch(attn_out, ("attn", layer), active, first)
-        h = h + attn_out
+        patch(attn_out, ("attn", layer))
+        h = x + attn_out
         mlp_out = blocks.mlp(layer, h)
-        patch(mlp_out, ("mlp", layer), active, first)
-        if layer == last:
-            hidden[active, -1:] = h + mlp_out
-        else:
-            hidden[active] = h + mlp_out
-    final = hidden[:, -1:]
-    patch(final, ("stream", f.n_layers), all_rows, seq - 1)
-    return final[:, 0]
+        patch(mlp_out, ("mlp", layer))
+        hidden[:n_t] = h + mlp_out
+    final = hidden[last_tok]
+    patch(final, ("stream", n_layers), final_only=True)
+    return final
