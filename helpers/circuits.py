@@ -1,7 +1,7 @@
 """A minimal circuit by greedy search over jointly patched components.
 
-Components are attention heads and MLP layers, each patched at every position
-(denoising by default).  Forward: add the component that most raises the
+Components are attention heads (``L0H3``) and MLP outputs (``mlp1``), named as in
+``helpers.fmt``, each patched at every position (denoising by default).  Forward: add the component that most raises the
 normalised score of the jointly patched set, until it reaches the threshold.
 Backward: drop any member whose removal keeps the score at or above the
 threshold.  Both phases are capped in steps.  Every candidate set of a step is
@@ -9,36 +9,49 @@ patched in one batched sweep.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import torch
+
+
+from helpers.fmt import head_name, num
 from helpers.models import model_facts
 from helpers.patching import Direction, Patch, patch_components
 from helpers.prompts import PromptPairs
 from helpers.runs import check_pairs, normalise_patch
 from helpers.validate import as_count
 
-__all__ = ["CircuitSearch", "minimal_circuit", "component_patch", "all_components"]
+__all__ = ["CircuitSearch", "minimal_circuit", "component_patch", "all_components",
+           "component_place", "decisive_heads", "attention_from"]
 
 
 def all_components(model: Any) -> list[str]:
-    """Names of every head ("L1H2") and MLP ("MLP1") of the model."""
+    """Names of every head (``"L1H2"``) and MLP output (``"mlp1"``) of the model."""
     f = model_facts(model)
-    return [f"L{l}H{h}" for l in range(f.n_layers) for h in range(f.n_heads)] + \
-           [f"MLP{l}" for l in range(f.n_layers)]
+    return [head_name(l, h) for l in range(f.n_layers) for h in range(f.n_heads)] + \
+           [f"mlp{l}" for l in range(f.n_layers)]
 
 
-_COMPONENT = re.compile(r"L(-?\d+)H(-?\d+)|MLP(-?\d+)")
+_COMPONENT = re.compile(r"L(-?\d+)H(-?\d+)|(?:mlp|MLP)(-?\d+)")
+
+
+def component_place(name: str) -> tuple[int, int | None]:
+    """``"L1H2"`` -> ``(1, 2)``; ``"mlp1"`` -> ``(1, None)``: the block and the head (None = MLP)."""
+    p = component_patch(name)
+    return p.layer, p.head
 
 
 def component_patch(name: str) -> Patch:
-    """``"L1H2"`` -> head 2 of layer 1, ``"MLP1"`` -> MLP of layer 1; all positions."""
+    """``"L1H2"`` -> head 2 of block 1, ``"mlp1"`` (or ``"MLP1"``) -> block 1's MLP output;
+    all positions."""
     m = _COMPONENT.fullmatch(name.strip()) if isinstance(name, str) else None
     if m is None:
-        raise ValueError(f"unknown component {name!r}: write a head as 'L<layer>H<head>' (e.g. "
-                         "'L0H3') and an MLP as 'MLP<layer>' (e.g. 'MLP0'); all_components(model) "
-                         "lists every one")
+        raise ValueError(f"unknown component {name!r}: write a head as 'L<block>H<head>' (e.g. "
+                         "'L0H3') and an MLP output as 'mlp<block>' (e.g. 'mlp0'); "
+                         "all_components(model) lists every one")
     if m.group(3) is not None:
         return Patch("mlp", int(m.group(3)))
     return Patch("head", int(m.group(1)), None, int(m.group(2)))
@@ -61,22 +74,52 @@ class CircuitSearch:
         return {m: self.score - s for m, s in self.without.items()}
 
     def to_dict(self) -> dict:
-        return {"members": self.members, "score": self.score, "threshold": self.threshold,
+        """JSON-ready (a score that could not be computed, NaN, is None)."""
+        score = self.score if math.isfinite(self.score) else None
+        return {"members": self.members, "score": score, "threshold": self.threshold,
                 "reached": self.reached, "without": self.without, "drops": self.drops(),
                 "history": self.history}
+
+    def by_block(self) -> dict[int, list[str]]:
+        """The members grouped by block, blocks in order."""
+        groups: dict[int, list[str]] = {}
+        for m in self.members:
+            groups.setdefault(component_place(m)[0], []).append(m)
+        return dict(sorted(groups.items()))
+
+    def diagram(self, sink: str = "logits") -> Any:
+        """The circuit as an image (``helpers.diagrams``): prompt tokens -> the members, block
+        by block, each with the drop in joint score without it -> the output.  Returns the
+        ``Figure``; ``mermaid()`` is the same chart as text."""
+        from helpers.diagrams import Edge, Node, draw_diagram
+
+        colour = {True: ("#c6dbef", "attention head"), False: ("#fdd0a2", "MLP output")}
+        blocks = self.by_block()
+        tallest = max((len(m) for m in blocks.values()), default=1)
+        middle = (tallest - 1) / 2          # the input and output boxes sit mid-height
+        nodes, edges, previous = [Node("IN", "prompt tokens", 0, middle, "wheat")], [], ["IN"]
+        for col, members in enumerate(blocks.values(), start=1):
+            for row, m in enumerate(members):
+                fill, group = colour[component_place(m)[1] is not None]
+                nodes.append(Node(m, f"{m}\ndrop {num(self.drops()[m])}", col,
+                                  row + (tallest - len(members)) / 2, fill, group))
+                edges += [Edge(p, m) for p in previous]
+            previous = members
+        nodes.append(Node("OUT", f"{sink}\njoint score {num(self.score)}", len(blocks) + 1, middle,
+                          "wheat"))
+        edges += [Edge(p, "OUT") for p in previous]
+        return draw_diagram(nodes, edges, title="the circuit the search found",
+                            note="drop = how much the joint score falls without that member")
 
     def mermaid(self, sink: str = "logits") -> str:
         """A mermaid flowchart: members grouped by layer, feeding the output."""
         lines = ["flowchart LR"]
-        by_layer: dict[int, list[str]] = {}
-        for m in self.members:
-            layer = int(m[3:]) if m.startswith("MLP") else int(m[1:].split("H")[0])
-            by_layer.setdefault(layer, []).append(m)
+        by_layer = self.by_block()
         previous: list[str] = ["IN"]
         lines.append('    IN(["prompt tokens"])')
         for layer in sorted(by_layer):
             for m in by_layer[layer]:
-                label = f"{m}<br/>drop {self.drops()[m]:.2f}"
+                label = f"{m}<br/>drop {num(self.drops()[m])}"
                 lines.append(f'    {m}["{label}"]')
                 for p in previous:
                     lines.append(f"    {p} --> {m}")
@@ -85,6 +128,31 @@ class CircuitSearch:
         for p in previous:
             lines.append(f"    {p} --> OUT")
         return "\n".join(lines)
+
+
+def decisive_heads(result: Any, normalise: bool = True, share: float = 0.25, most: int = 4
+                   ) -> list[str]:
+    """The heads of a layer x head sweep that matter, strongest first: up to ``most`` heads
+    whose change (``result.change(normalise)``, ``[n_layers, n_heads]``) is at least ``share``
+    of the strongest head's.  Names as ``"L0H3"``."""
+    change = result.change(normalise).abs()
+    order = change.flatten().argsort(descending=True, stable=True)
+    n_heads = change.shape[1]
+    ranked = [divmod(int(i), n_heads) for i in order[:most]]
+    top = change[ranked[0]]
+    return [head_name(l, h) for l, h in ranked if change[l, h] >= share * top]
+
+
+def attention_from(model: Any, ids: Any, heads: Sequence[str], query: int) -> Any:
+    """Where each head (``"L0H3"``) looks from position ``query``: its attention row there,
+    averaged over the prompts ``ids`` (``[batch, seq]``, roles at the same positions);
+    returns ``[len(heads), seq]``."""
+    from helpers.fmt import parse_head
+    from helpers.observe import attention_patterns
+
+    places = [parse_head(h) for h in heads]
+    patterns = {l: attention_patterns(model, ids, l).mean(0) for l in {l for l, _ in places}}
+    return torch.stack([patterns[l][h, query] for l, h in places])
 
 
 def _scores(model: Any, pairs: PromptPairs, sets: list[list[str]], direction: Direction,

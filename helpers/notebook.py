@@ -100,18 +100,22 @@ def parameters(namespace: dict[str, Any]) -> dict[str, Any]:
 
 def save_results(out: str | os.PathLike, chapter: str, params: dict[str, Any],
                  **results: Any) -> Path:
-    """Write ``out/results.json`` in one call: the chapter, its parameters (see
-    ``parameters``) and every keyword: a ``PatchResult`` as its ``to_dict()`` (model named
-    by its label), tensors as lists, anything else as it is.  NaN is refused (``json_text``)."""
-    items: dict[str, Any] = {}
+    """Write ``out/results.json`` in one call: ``chapter``, ``model`` (the model's label), the
+    other parameters (see ``parameters``) and every keyword, all at the top level.  A
+    ``PatchResult`` is saved as its ``to_dict()`` (model named by its label), tensors as
+    lists, anything else as it is.  Chapters pass ``clean_logit_diff`` and
+    ``corrupted_logit_diff`` (the two baselines) so every results file has them.  NaN is
+    refused (``json_text``)."""
+    params = dict(params)
+    data: dict[str, Any] = {"chapter": chapter, "model": model_label(params.pop("model_name", ""))}
+    data.update(params)
     for key, value in results.items():
         if hasattr(value, "to_dict"):
             value = value.to_dict()
             if isinstance(value, dict) and "model" in value:
                 value["model"] = model_label(value["model"])
-        items[key] = value
-    return save_json({"chapter": chapter, "parameters": params, **items},
-                     Path(out) / "results.json")
+        data[key] = value
+    return save_json(data, Path(out) / "results.json")
 
 
 def _jsonable(x: Any) -> Any:

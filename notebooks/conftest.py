@@ -1,5 +1,8 @@
 """Settings for ``pytest --nbval notebooks/``.
 
+0. Every cell of a notebook stays on one pytest-xdist worker (the hook at the end), so
+   ``pytest -n 2 --dist loadgroup --nbval notebooks/`` works on its own.
+
 1. The kernels nbval starts inherit these environment settings, so a check run sees what
    scripts/regenerate_notebooks.py stored (one thread, no progress bars, no hub access).
 
@@ -25,6 +28,8 @@ from __future__ import annotations
 import os
 import re
 from decimal import Decimal, InvalidOperation
+
+import pytest
 
 os.environ.update({"PATCHLAB_PROGRESS": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                    "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
@@ -101,3 +106,19 @@ try:
         IPyNbCell.compare_outputs._patchlab = True
 except ImportError:  # nbval not installed: nothing to compare
     pass
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Keep every cell of a notebook in one pytest-xdist group, and mark nbval cells.
+
+    nbval starts one kernel per notebook and runs its cells in order, so all cells of a
+    notebook must go to the same worker. ``scripts/test.sh`` uses ``--dist loadgroup``; this
+    conftest is loaded whenever a notebook is collected, and
+    gives each notebook's cells an ``xdist_group`` named after the notebook (it must run before
+    xdist's own hook, hence ``tryfirst``). nbval cells are also marked ``notebooks``.
+    """
+    for item in items:
+        if type(item).__module__.startswith("nbval"):
+            item.add_marker(pytest.mark.notebooks)
+            item.add_marker(pytest.mark.xdist_group(f"nbval:{item.path.name}"))

@@ -56,21 +56,6 @@ def gpt2_standin_dir(tmp_path_factory) -> Path:
     return build_gpt2_standin(tmp_path_factory.mktemp("gpt2-standin") / "gpt2-small", seed=0)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Keep every cell of a notebook in one pytest-xdist group, and mark nbval cells.
-
-    nbval starts one kernel per notebook and runs its cells in order, so all cells of a
-    notebook must go to the same worker. ``scripts/test.sh`` uses ``--dist loadgroup``; this
-    gives each notebook's cells an ``xdist_group`` named after the notebook (it must run before
-    xdist's own hook, hence ``tryfirst``). nbval cells are also marked ``notebooks``.
-    """
-    for item in items:
-        if type(item).__module__.startswith("nbval"):
-            item.add_marker(pytest.mark.notebooks)
-            item.add_marker(pytest.mark.xdist_group(f"nbval:{item.path.name}"))
-
-
 # --------------------------------------------------------------------------- models
 
 @pytest.fixture(scope="session")

@@ -29,12 +29,14 @@ limits, its sandbox) is listed in the README section "Scaling up: NDIF".
 from __future__ import annotations
 
 import contextlib
+import json
 import io
 import linecache
 import shutil
 import sys
 import types
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -439,3 +441,43 @@ def test_attention_without_weights_is_reported_through_the_remote_path(llama_dir
     hf_model(model).set_attn_implementation("sdpa")  # returns no attention weights
     with pytest.raises(RuntimeError, match="returns no weights"):
         H.attention_patterns(model, torch.tensor([[1, 2, 3]]), 0)
+
+
+# --------------------------------------------------------------------------- the chapters
+
+CHAPTERS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("0[1-8]_*.ipynb"))
+
+
+def _run_chapter(path: Path, overrides: dict) -> dict:
+    """Execute a chapter's code cells in this process, the ``parameters`` cell followed by
+    ``overrides`` (as papermill injects them); returns the chapter's namespace."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nbformat
+
+    namespace: dict = {"__name__": "__chapter__"}
+    for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        if cell.cell_type != "code":
+            continue
+        name = f"<{path.stem} cell {i}>"   # nnsight reads a trace's body back from its source
+        linecache.cache[name] = (len(cell.source), None, cell.source.splitlines(True), name)
+        exec(compile(cell.source, name, "exec"), namespace)
+        if "parameters" in cell.metadata.get("tags", []):
+            namespace.update(overrides)
+        plt.close("all")
+    return namespace
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem[:2] for p in CHAPTERS])
+def test_every_chapter_runs_as_ndif_would_with_remote_local(path, strict, tmp_path):
+    """The chapters' ``remote`` parameter: with ``remote="local"`` every trace a chapter makes,
+    its hand-written nnsight included, is served like an NDIF request with helpers hidden, and
+    the chapter still reaches its results file (which records the parameter)."""
+    ns = _run_chapter(path, {"remote": "local", "n_pairs": 4, "show_widgets": False,
+                             "output_dir": str(tmp_path)})
+    assert remote_mode(ns["model"]) == "local"
+    results = list(tmp_path.glob("*/results.json"))
+    assert len(results) == 1, f"{path.name} wrote {results}"
+    assert json.loads(results[0].read_text())["remote"] == "local"

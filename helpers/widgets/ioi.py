@@ -11,11 +11,11 @@ from typing import Any, Callable
 
 import matplotlib.pyplot as plt
 
-from helpers.fmt import head_name
+from helpers.fmt import head_name, num
 from helpers.models import model_facts
 from helpers.observe import attention_patterns
 from helpers.patching import PatchResult, patch_attn_out, patch_heads, patch_mlp_out, patch_residual
-from helpers.plotting import plot_attention, plot_patching
+from helpers.plotting import ANNOT_PT, plot_attention, plot_patching
 from helpers.prompts import PromptError, pairs_from_prompt
 
 __all__ = ["position_explorer", "head_explorer"]
@@ -78,11 +78,19 @@ def position_explorer(model: Any, prompt: str, normalise: bool = True) -> Any:
                 plot_patching(r, ax=top, normalise=False)
                 values = r.mean()[row]
             top.add_patch(plt.Rectangle((0, row), r.shape[1], 1, fill=False, lw=2, ec="black"))
-            bottom.bar(range(r.shape[1]), values.double().numpy(), color="tab:blue")
-            bottom.set_xticks(range(r.shape[1]), r.labels["position"], rotation=60, fontsize=8)
+            x = [i + 0.5 for i in range(r.shape[1])]   # the heatmap's column centres
+            data = values.double().numpy()
+            bars = bottom.bar(x, data, color=["tab:blue" if v >= 0 else "tab:red" for v in data])
+            bottom.bar_label(bars, labels=[num(v) for v in data], fontsize=ANNOT_PT, padding=2)
+            bottom.margins(y=0.25)  # room for the value labels
+            bottom.set_xlim(0, r.shape[1])
+            bottom.set_xticks(x, r.labels["position"], rotation=60, fontsize=8)
             bottom.axhline(0, color="black", lw=0.8)
-            bottom.set_title(f"row {labels[row]}", fontsize=9)
+            bottom.set_title(f"row {labels[row]}: the boxed row above as bars (blue >= 0, red < 0)",
+                             fontsize=9)
             fig.tight_layout()
+            a, b = top.get_position(), bottom.get_position()   # bars under their columns
+            bottom.set_position([a.x0, b.y0, a.width, b.height])
             plt.show()
 
     for control in (text, site, direction, layer):
@@ -98,7 +106,7 @@ def head_explorer(model: Any, prompt: str) -> Any:
 
     f = model_facts(model)
     text = w.Text(value=prompt, description="prompt", layout=w.Layout(width="95%"))
-    layer = w.IntSlider(value=f.n_layers - 1, min=0, max=f.n_layers - 1, description="layer")
+    layer = w.IntSlider(value=f.n_layers - 1, min=0, max=f.n_layers - 1, description="block")
     head = w.Dropdown(options=list(range(f.n_heads)), value=0, description="head")
     out = w.Output()
     cache: dict[str, Any] = {}
@@ -122,13 +130,16 @@ def head_explorer(model: Any, prompt: str) -> Any:
             except ValueError:
                 scores, label = heads.mean()[layer.value], "mean logit_diff"
             colours = ["tab:orange" if h == head.value else "tab:blue" for h in range(f.n_heads)]
-            left.bar(range(f.n_heads), scores.double().numpy(), color=colours)
+            bars = left.bar(range(f.n_heads), scores.double().numpy(), color=colours)
+            left.bar_label(bars, labels=[num(v) for v in scores], fontsize=ANNOT_PT, padding=2)
+            left.margins(y=0.15)  # room for the value labels
             left.set_xticks(range(f.n_heads), [head_name(layer.value, h) for h in range(f.n_heads)])
             left.axhline(0, color="black", lw=0.8)
             left.set_ylabel(label)
-            left.set_title(f"denoising each head of layer {layer.value}", fontsize=10)
+            left.set_title(f"denoising each head of block {layer.value} "
+                           f"(orange: {head_name(layer.value, head.value)})", fontsize=10)
             plot_attention(pattern, pairs.position_labels, ax=right,
-                           title=f"head {layer.value}.{head.value} attention (clean prompt)")
+                           title=f"head {head_name(layer.value, head.value)} attention (clean prompt)")
             plt.show()
 
     for control in (text, layer, head):
