@@ -37,6 +37,7 @@ import torch
 
 from helpers.fastpatch import cache_base_run, run_patch_sets, supports_fast_path
 from helpers.metrics import METRICS, answer_prob, kl_to_clean, logit_diff
+from helpers.memory import REMOTE_BUDGET_MB, sweep_budget_mb
 from helpers.models import model_facts, remote_mode
 from helpers.prompts import PromptPairs
 from helpers.results import PatchResult
@@ -46,10 +47,9 @@ from helpers.validate import check_finite
 
 __all__ = ["Patch", "PatchResult", "Direction", "SITES", "patch_residual", "patch_attn_out",
            "patch_mlp_out", "patch_heads", "patch_components", "sweep", "run_with_patches",
-           "baselines", "cache_activations", "locate_non_finite", "DEFAULT_MEMORY_MB"]
+           "baselines", "cache_activations", "locate_non_finite"]
 
 Direction = Literal["denoise", "noise"]
-DEFAULT_MEMORY_MB = 512
 
 
 def _check_direction(direction: str) -> None:
@@ -60,12 +60,24 @@ def _check_direction(direction: str) -> None:
 
 # --------------------------------------------------------------------------- sweeps
 
+_METRIC_BLOCK_MB = 32  # the vocabulary-wide metrics (softmax, KL) run on row blocks this size
+
+
 def _metrics(logits: torch.Tensor, pairs: PromptPairs, clean_logits: torch.Tensor,
              rows_pair: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every metric of ``logits`` ``[rows, vocab]`` (row r is prompt ``rows_pair[r]``): ``[rows]``
+    each.  Softmax and KL make several ``[rows, vocab]`` temporaries, so they run on blocks of
+    rows: a sweep's memory is its chunk's logits, not several copies of them."""
     a = pairs.answer_ids.to(logits.device)[rows_pair]
     d = pairs.distractor_ids.to(logits.device)[rows_pair]
-    return {"logit_diff": logit_diff(logits, a, d), "answer_prob": answer_prob(logits, a),
-            "kl_to_clean": kl_to_clean(logits, clean_logits[rows_pair])}
+    block = max(1, int(_METRIC_BLOCK_MB * 2**20 // (logits.shape[-1] * logits.element_size())))
+    prob, kl = [], []
+    for i in range(0, logits.shape[0], block):
+        part = logits[i: i + block]
+        prob.append(answer_prob(part, a[i: i + block]))
+        kl.append(kl_to_clean(part, clean_logits[rows_pair[i: i + block]]))
+    return {"logit_diff": logit_diff(logits, a, d), "answer_prob": torch.cat(prob),
+            "kl_to_clean": torch.cat(kl)}
 
 
 def baselines(model: Any, pairs: PromptPairs, clean_logits: torch.Tensor | None = None,
@@ -85,16 +97,17 @@ def baselines(model: Any, pairs: PromptPairs, clean_logits: torch.Tensor | None 
 def _rows_per_chunk(model: Any, seq: int, memory_mb: float) -> int:
     f = model_facts(model)
     size = torch.finfo(f.dtype).bits // 8
-    # activations alive during a forward (a few per layer, plus eager attention scores)
-    # and the last position's logits and softmax, per batch row
-    per_row = size * (seq * (8 * f.d_model + 4 * f.n_heads * seq) + 3 * f.vocab_size)
+    # activations alive during a forward (a few per layer, the MLP hidden layer ~4 d_model, eager
+    # attention scores) and the last position's logits, per batch row (the metrics' softmax
+    # and KL run on blocks of rows: _metrics)
+    per_row = size * (seq * (16 * f.d_model + 4 * f.n_heads * seq) + 2 * f.vocab_size)
     return max(1, int(memory_mb * 2**20 // per_row))
 
 
 def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
           direction: Direction = "denoise", *, dims: tuple[str, ...] = ("set",),
           labels: dict[str, list[str]] | None = None, site: str = "set",
-          method: Literal["fast", "batched", "loop"] = "fast", memory_mb: float = DEFAULT_MEMORY_MB,
+          method: Literal["fast", "batched", "loop"] = "fast", memory_mb: float | None = None,
           batch_size: int | None = None, progress: bool | None = None,
           metrics: Sequence[str] = METRICS, metric: str = "logit_diff") -> PatchResult:
     """Patch each set in ``patch_sets`` (jointly within a set), for every prompt pair.
@@ -114,7 +127,9 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
     each chunk of rows is one request, so a larger ``memory_mb`` means fewer, bigger requests.
     ``metrics=("logit_diff",)`` downloads two logits per row instead of the vocabulary.
 
-    ``batch_size`` (rows per forward) defaults to what fits in ``memory_mb``.
+    ``batch_size`` (rows per forward) defaults to what fits in ``memory_mb``, which defaults to
+    what is free where the sweep runs (``helpers.memory.sweep_budget_mb``: a quarter of the free
+    memory, at most 128 MB; 512 MB for a remote model, whose chunks run on the server).
     ``metrics`` chooses which patched values are computed; ``("logit_diff",)``
     lets the fast path compute just the two logits it needs (the baselines
     always carry every metric).  ``metric`` is the one the result's ``score()``,
@@ -171,6 +186,8 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
         chunks = [[(i, k) for i in range(n)] for k in range(k_total)]
     else:
         jobs = [(i, k) for k in live for i in range(n)]  # (pair, patch set)
+        if memory_mb is None:
+            memory_mb = REMOTE_BUDGET_MB if remote else sweep_budget_mb(base_logits.device)
         size = batch_size or _rows_per_chunk(model, seq, memory_mb)
         chunks = [jobs[j: j + size] for j in range(0, len(jobs), size)]
     bar = _progress(len(chunks), progress, f"{site} {direction}")
