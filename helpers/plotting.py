@@ -22,6 +22,7 @@ CMAP = "RdBu"  # blue = towards the clean behaviour, red = away from it; white =
 
 ANNOT_PT = 8      # numbers in cells: at least 8 pt, or none at all
 MAX_ANNOT = 160  # cells above which a heatmap shows colours only (numbers would not fit)
+MARK_GID = "interval-contains-0"  # the dots of plot_patching(mark=...), found by this id
 
 
 def _values(result: PatchResult, metric: str | None, normalise: bool) -> tuple[np.ndarray, str]:
@@ -69,8 +70,27 @@ def _mark_roles(ax: Any, labels: Sequence[str], axis: str = "x") -> None:
                 t.set_fontweight("bold")
 
 
+def _interval_contains_zero(result: PatchResult, metric: str, mark: Any) -> tuple[np.ndarray, str]:
+    """Which cells of a two-axis result have a bootstrap interval of the effect that contains
+    0, ``[rows, cols]`` bool, from ``mark``: ``True`` (``result.stats(metric)``) or a
+    ``result.stats(...)`` table; and what the mark means, for the x-axis label."""
+    table = result.stats(metric) if mark is True else mark
+    if not hasattr(table, "columns") or not {"ci_low", "ci_high", "metric"} <= set(table.columns):
+        raise ValueError("mark must be True or a table from result.stats(...), got "
+                         f"{type(mark).__name__}")
+    if set(table["metric"]) != {metric}:
+        raise ValueError(f"mark holds statistics of {sorted(set(table['metric']))}, but the "
+                         f"figure shows {metric!r}: pass result.stats({metric!r}, ...)")
+    found = np.zeros(result.shape, dtype=bool)
+    rows, cols = (table[f"{d}_index"].to_numpy() for d in result.dims)
+    found[rows, cols] = ((table["ci_low"] <= 0) & (table["ci_high"] >= 0)).to_numpy()
+    level = 100 * (1 - float(table["alpha"].iloc[0]))
+    return found, f"{level:g}% bootstrap interval of the effect contains 0"
+
+
 def plot_patching(result: PatchResult, metric: str | None = None, normalise: bool = True,
-                  ax: Any = None, annotate: bool | None = None, title: str | None = None) -> Any:
+                  ax: Any = None, annotate: bool | None = None, title: str | None = None,
+                  mark: Any = False) -> Any:
     """Heatmap of a two-axis result (layer x position, or layer x head).
 
     ``normalise=True`` plots ``result.importance()``: the share of the clean behaviour a
@@ -79,6 +99,12 @@ def plot_patching(result: PatchResult, metric: str | None = None, normalise: boo
     the colour bar.  ``False`` plots the raw prompt-mean metric (for models that cannot do
     the task), centred on 0.  Cells carry their value (8 pt) up to 160 cells.  Positions are
     labelled with their tokens; role positions (IO, S1, S2, END) are coloured.
+
+    ``mark=True`` puts a small dot in the corner of every cell whose bootstrap interval of the
+    per-prompt effect contains 0 (no clear effect; ``result.stats()``, explained under the
+    x axis); pass a ``result.stats(...)`` table instead for other settings.  The
+    interval is the effect's in both directions and with ``normalise=False``: importance is 0
+    exactly where the effect is.  Off by default.
     """
     if len(result.dims) != 2:
         raise ValueError(f"plot_patching draws two-axis results; this one has dims {result.dims}: "
@@ -91,8 +117,15 @@ def plot_patching(result: PatchResult, metric: str | None = None, normalise: boo
     fig = ax.figure
     if annotate is None:
         annotate = data.size <= MAX_ANNOT
+    found = None
+    if mark is not None and mark is not False:
+        found, meaning = _interval_contains_zero(result, metric or result.metric, mark)
     _heatmap(data, ax, normalise, what, annotate, xticklabels=cols, yticklabels=rows)
-    ax.set_xlabel(result.dims[1])
+    if found is not None:
+        ys, xs = np.nonzero(found)  # cell (i, j) spans x j .. j+1, y i .. i+1 (row 0 on top)
+        ax.scatter(xs + 0.84, ys + 0.2, s=9, marker="o", facecolor="black", edgecolor="white",
+                   linewidths=0.5, zorder=3, gid=MARK_GID, clip_on=False)
+    ax.set_xlabel(result.dims[1] + ("" if found is None else f"\n\u2022 = {meaning}"))
     ax.set_ylabel("residual stream after" if result.site == "resid" else result.dims[0])
     ax.tick_params(axis="x", rotation=60)
     ax.tick_params(axis="y", rotation=0)

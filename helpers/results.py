@@ -1,5 +1,6 @@
 """What a sweep returns: ``PatchResult``, per-prompt values on named axes with both
-baselines, ready to plot, tabulate (pandas) and save (JSON) without recomputing."""
+baselines, ready to plot, tabulate (pandas) and save (JSON) without recomputing; per-cell
+statistics of the per-prompt effects come from ``helpers.stats``."""
 from __future__ import annotations
 
 import math
@@ -13,6 +14,7 @@ import torch
 from helpers.metrics import mean_and_sem, normalised
 from helpers.prompts import PromptPairs
 from helpers.runs import Patch
+from helpers.stats import STAT_COLUMNS, cell_stats
 from helpers.validate import json_text, norm_index
 
 __all__ = ["PatchResult"]
@@ -162,9 +164,34 @@ class PatchResult:
         frame.insert(0, "site", self.site)
         return frame
 
-    def to_dict(self, min_gap: float | None = None) -> dict:
+    def stats(self, metric: str | None = None, n_boot: int = 1000, alpha: float = 0.05,
+              n_perm: int = 10_000, seed: int = 0, correction: str | None = "holm",
+              min_gap: float | None = None):
+        """Per-cell statistics of the per-prompt effects (patched minus the run patched into;
+        definitions in ``helpers.stats``): a ``pandas.DataFrame``, one row per cell, with the
+        cell's labels and ``<dim>_index`` as in ``to_frame``; ``effect`` (= ``effect()``), ``sem``,
+        the seeded bootstrap interval ``ci_low``/``ci_high``, ``score`` and ``importance`` (=
+        ``score()``, ``importance()``) with their intervals from the same resamples (``None``
+        where the gap is too small: ``frame.attrs["score_note"]`` says why), the sign-flip
+        ``p`` and ``p_adjusted`` (``correction``: ``"holm"``, ``"bh"`` or ``None``) and the
+        settings.  Same seed, same table."""
+        m = metric or self.metric
+        if m not in self.values:
+            raise ValueError(f"this result has no metric {m!r}; it has {sorted(self.values)}")
+        frame = cell_stats(self.values[m], self.clean[m], self.corrupted[m], self.direction, m,
+                           n_boot, alpha, n_perm, seed, correction, min_gap).table(self.dims,
+                                                                                   self.labels)
+        frame.insert(0, "direction", frame.pop("direction"))
+        frame.insert(0, "site", self.site)
+        return frame
+
+    def to_dict(self, min_gap: float | None = None, stats: bool = True) -> dict:
         """A JSON-ready summary: axes, prompt-mean grids of every metric, the normalised
-        score where defined, baselines with standard errors, and the prompts."""
+        score where defined, baselines with standard errors, the prompts, the per-prompt values
+        (``"per_prompt"``: ``values[metric]`` ``[n_prompts, *shape]`` and both baselines
+        ``[n_prompts]``), and (``stats``) the
+        per-cell statistics table of ``stats()`` with its default settings: ``"stats"`` holds
+        the settings and ``"cells"``, one record per cell in ``to_frame``'s order."""
         out: dict[str, Any] = {
             "site": self.site, "direction": self.direction, "metric": self.metric,
             "model": self.model_name, "method": self.method, "dims": list(self.dims),
@@ -177,11 +204,17 @@ class PatchResult:
                                 for m in v} for run, v in (("clean", self.clean),
                                                            ("corrupted", self.corrupted))},
         }
+        # the per-prompt table behind the means (to_frame's values): enough to recompute stats
+        out["per_prompt"] = {"values": {m: _round(v) for m, v in self.values.items()},
+                             "clean": {m: _round(v) for m, v in self.clean.items()},
+                             "corrupted": {m: _round(v) for m, v in self.corrupted.items()}}
         try:
             out["score"] = _round(self.score(min_gap=min_gap))
         except ValueError as err:
             out["score"] = None
             out["score_error"] = str(err)
+        if stats:
+            out["stats"] = _stats_json(self.stats(min_gap=min_gap), self.dims)
         return out
 
     def save_json(self, path: str | os.PathLike) -> Path:
@@ -198,3 +231,26 @@ def _r(x: float) -> float:
 
 def _round(t: torch.Tensor) -> Any:
     return [_round(x) for x in t] if t.dim() else _r(t.item())
+
+
+def _stats_json(frame: Any, dims: tuple[str, ...]) -> dict:
+    """``stats()``'s table as JSON: the settings once, then one record per cell (floats
+    rounded as ``to_dict`` rounds them; unavailable scores ``None``)."""
+    first = frame.iloc[0]
+    out: dict[str, Any] = {k: _plain(first[k]) for k in ("metric", "correction", "alpha",
+                                                          "n_prompts", "n_boot", "n_perm",
+                                                          "exact", "seed")}
+    out["score_note"] = frame.attrs.get("score_note")
+    keys = [c for d in dims for c in (d, f"{d}_index")] + list(STAT_COLUMNS)
+    out["cells"] = [{k: _plain(row[k]) for k in keys} for row in frame[keys].to_dict("records")]
+    return out
+
+
+def _plain(x: Any) -> Any:
+    """A table entry as a JSON value: floats rounded (never -0.0), numpy scalars as Python
+    ones."""
+    if x is None or isinstance(x, (bool, str)):
+        return x
+    if hasattr(x, "item"):
+        x = x.item()
+    return _r(x) + 0.0 if isinstance(x, float) else x
