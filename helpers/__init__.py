@@ -10,10 +10,13 @@ One module per concern:
 * ``helpers.pairs``     - token-aligned prompt pairs for any task (``PromptPairs``)
 * ``helpers.runs``      - ``Patch``, cached and patched traced runs
 * ``helpers.results``   - ``PatchResult``: tables and JSON
+* ``helpers.stats``     - per-cell statistics: bootstrap intervals, sign-flip p-values, Holm/BH
+* ``helpers.paths``     - path patching: sender -> receiver (Wang et al.), exact, batched
 * ``helpers.prompts``   - IOI templates, roles and corruptions
 * ``helpers.metrics``   - logit difference, probability, KL, normalised score
 * ``helpers.patching``  - the sweeps (denoising / noising)
 * ``helpers.fastpatch`` - the exact fast path the sweeps use by default
+* ``helpers.memory``    - the sweeps' memory budget, from what is free where they run
 * ``helpers.attribution`` - attribution patching (gradient estimate of every patch)
 * ``helpers.observe``   - predictions, task accuracy, attention patterns
 * ``helpers.plotting``  - heatmaps, bar charts, attention plots
@@ -27,7 +30,7 @@ One module per concern:
 * ``helpers.figures``   - each chapter's own figures
 * ``helpers.diagrams``  - flow charts and circuit diagrams drawn as images
 """
-from helpers import checks, diagrams, explain, figures, fmt, notebook, remote
+from helpers import checks, diagrams, explain, figures, fmt, notebook, remote, stats
 from helpers.attribution import attribution_patching
 from helpers.behaviours import REFUSAL, BinaryTask, binary_pairs
 from helpers.circuits import CircuitSearch, minimal_circuit
@@ -35,6 +38,7 @@ from helpers.metrics import (GapTooSmallError, answer_prob, kl_to_clean, logit_d
                              mean_and_sem, normalised)
 from helpers.models import DEFAULT_MODEL, ModelLoadError, load_model, model_facts
 from helpers.observe import attention_patterns, encode, ioi_accuracy, top_predictions
+from helpers.paths import path_patch
 from helpers.patching import (Patch, PatchResult, baselines, cache_activations, patch_attn_out,
                               patch_components, patch_heads, patch_mlp_out, patch_residual,
                               run_with_patches, sweep)

@@ -26,6 +26,11 @@ Module names by family (blocks / attention / output projection / final norm / un
   ``gpt_neox.final_layer_norm`` / ``lm_head``
 * Llama-style: ``model.layers`` / ``self_attn`` / ``self_attn.o_proj`` / ``model.norm`` / ``lm_head``
 
+Path patching (``helpers.paths``) also reads each head's query, key and value inputs:
+``qkv_module`` / ``qkv_columns`` (GPT-2 ``attn.c_attn``, GPT-NeoX ``attention.query_key_value``,
+Llama-style ``self_attn.q_proj`` / ``k_proj`` / ``v_proj``), and freezes a norm's scale with
+``norm_linear_part``.
+
 Llama-style covers Llama (Llama 2/3, SmolLM2, TinyLlama), Qwen2, Qwen3, Mistral, Gemma 2 and
 Gemma 3.  On transformers 5 a decoder block returns a plain tensor: never write
 ``block.output[0]``, which is batch row 0.  To add a family, add a ``Family`` entry to
@@ -63,6 +68,11 @@ class Family:
     final_norm: str    # from the top model
     unembed: str       # from the top model
     fast: bool         # helpers.fastpatch reproduces its blocks exactly
+    # from a block: the projection(s) whose output holds the queries, keys and values, in
+    # forward order: one fused module, or q_proj, k_proj, v_proj (see ``qkv_columns``)
+    qkv: tuple[str, ...] = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+    qkv_layout: str = "split"  # "split", "fused" (GPT-2: [q | k | v]), "per_head" (GPT-NeoX)
+    norm: str = "rms"  # the norms: "layer" (LayerNorm), "rms" (RMSNorm), "rms1p" (Gemma: 1 + w)
 
 
 _LLAMA_PATHS = dict(blocks="model.layers", attn="self_attn", mlp="mlp", o_proj="self_attn.o_proj",
@@ -70,15 +80,16 @@ _LLAMA_PATHS = dict(blocks="model.layers", attn="self_attn", mlp="mlp", o_proj="
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("gpt2", ("gpt2",), "transformer.h", "attn", "mlp", "attn.c_proj", "transformer.ln_f",
-           "lm_head", fast=True),
+           "lm_head", fast=True, qkv=("attn.c_attn",), qkv_layout="fused", norm="layer"),
     Family("gpt_neox", ("gpt_neox",), "gpt_neox.layers", "attention", "mlp", "attention.dense",
-           "gpt_neox.final_layer_norm", "lm_head", fast=False),
+           "gpt_neox.final_layer_norm", "lm_head", fast=False, qkv=("attention.query_key_value",),
+           qkv_layout="per_head", norm="layer"),
     Family("llama", ("llama",), fast=True, **_LLAMA_PATHS),
     Family("qwen2", ("qwen2",), fast=True, **_LLAMA_PATHS),
     Family("qwen3", ("qwen3",), fast=True, **_LLAMA_PATHS),
     Family("mistral", ("mistral",), fast=True, **_LLAMA_PATHS),
-    Family("gemma2", ("gemma2",), fast=False, **_LLAMA_PATHS),
-    Family("gemma3", ("gemma3_text",), fast=False, **_LLAMA_PATHS),
+    Family("gemma2", ("gemma2",), fast=False, norm="rms1p", **_LLAMA_PATHS),
+    Family("gemma3", ("gemma3_text",), fast=False, norm="rms1p", **_LLAMA_PATHS),
 )}
 
 
@@ -117,6 +128,7 @@ class ModelAnatomy:
     device: torch.device
     dtype: torch.dtype
     logit_softcap: float | None = None  # Gemma 2: logits = cap * tanh(unembedding output / cap)
+    parallel_residual: bool = False  # GPT-NeoX/Pythia: the MLP reads the block's input, not attn
 
     @property
     def paths(self) -> Family:
@@ -156,6 +168,52 @@ class ModelAnatomy:
         if self.logit_softcap is None:
             return unembedded
         return torch.tanh(unembedded / self.logit_softcap) * self.logit_softcap
+
+    def qkv_module(self, model: Any, layer: int, kind: str) -> Any:
+        """The module whose ``.output`` ``[batch, seq, width]`` holds block ``layer``'s queries
+        (``kind="q"``), keys (``"k"``) or values (``"v"``), before rotary positions or per-head
+        q/k norms: ``q_proj`` / ``k_proj`` / ``v_proj``, or the fused projection (GPT-2
+        ``attn.c_attn``, GPT-NeoX ``attention.query_key_value``)."""
+        if kind not in ("q", "k", "v"):
+            raise ValueError(f"kind must be 'q', 'k' or 'v', got {kind!r}")
+        paths = self.paths.qkv
+        return _get(self.block(model, layer), paths[0] if len(paths) == 1 else paths["qkv".index(kind)])
+
+    def qkv_columns(self, kind: str, head: int) -> slice:
+        """The columns of ``qkv_module(..., kind)``'s output that are one head's query, key or
+        value (``d_head`` wide).  ``head`` is a query head (``0 .. n_heads - 1``) for ``"q"``
+        and a key/value head (``0 .. n_kv_heads - 1``) for ``"k"`` and ``"v"``: with
+        grouped-query attention, key/value head ``g`` serves query heads
+        ``g * n_heads // n_kv_heads`` up to the next group."""
+        k, d = "qkv".index(kind), self.d_head
+        layout = self.paths.qkv_layout
+        if layout == "split":
+            start = head * d
+        elif layout == "fused":  # [q heads | k heads | v heads]
+            start = k * self.n_heads * d + head * d
+        elif layout == "per_head":  # per head [q | k | v]
+            start = head * 3 * d + k * d
+        else:
+            raise ValueError(f"unknown q/k/v layout {layout!r} of family {self.family!r}")
+        return slice(start, start + d)
+
+    def norm_linear_part(self, norm: Any, x_base: torch.Tensor) -> tuple[bool, torch.Tensor]:
+        """The norm module ``norm`` with its scale frozen at input ``x_base`` ``[..., d_model]``:
+        ``(centre, scale)`` such that the frozen norm's change for an input change ``delta`` is
+        ``(delta - delta.mean(-1) if centre else delta) * scale``, ``scale`` ``[..., d_model]``
+        = weight / sqrt(variance (LayerNorm) or mean square (RMSNorm) of ``x_base`` + eps)
+        (Gemma: 1 + weight)."""
+        kind = self.paths.norm
+        eps = getattr(norm, "variance_epsilon", None)
+        eps = getattr(norm, "eps", None) if eps is None else eps
+        if eps is None or getattr(norm, "weight", None) is None:
+            raise ValueError(f"{type(norm).__name__} has no eps or weight: freezing its scale is "
+                             f"not supported for the {self.family!r} family")
+        x = x_base.to(norm.weight.dtype)
+        centre = kind == "layer"
+        spread = x.var(-1, unbiased=False, keepdim=True) if centre else x.pow(2).mean(-1, keepdim=True)
+        weight = norm.weight.detach() + 1 if kind == "rms1p" else norm.weight.detach()
+        return centre, weight / torch.sqrt(spread + eps)
 
     def module_name(self, site: str, layer: int | None = None) -> str:
         """The module path of a site, e.g. ``"model.layers[3].self_attn.o_proj"`` (for messages
@@ -206,7 +264,8 @@ def build_anatomy(hf: torch.nn.Module, name: str) -> ModelAnatomy:
                         n_heads=n_heads, n_kv_heads=getattr(text, "num_key_value_heads", None) or n_heads,
                         d_model=d_model, d_head=d_head, vocab_size=text.vocab_size,
                         n_positions=n_positions, device=p.device, dtype=p.dtype,
-                        logit_softcap=getattr(text, "final_logit_softcapping", None))
+                        logit_softcap=getattr(text, "final_logit_softcapping", None),
+                        parallel_residual=bool(getattr(text, "use_parallel_residual", False)))
 
 
 def anatomy(model: Any) -> ModelAnatomy:

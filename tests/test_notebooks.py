@@ -126,15 +126,16 @@ def test_notebook_with_a_nonexistent_model_fails_with_the_clear_error(nb, tmp_pa
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
 def test_notebook_runs_on_smollm2(nb, tmp_path, smollm2_cache):
     """A real pretrained Llama-family model. Chapter 7's refusal task needs one-token answers,
-    and SmolLM2's tokenizer splits " Sorry" in two: that chapter must stop with the clear
-    error, not a wrong result."""
-    import papermill as pm
+    and SmolLM2's tokenizer splits " Sorry" in two: that chapter must fall back to the task's
+    one-token alternatives (``answer_options``), say which it used, and still run."""
+    import helpers as H
 
-    if nb.stem.startswith("07"):
-        with pytest.raises(pm.PapermillExecutionError) as info:
-            _run(nb, tmp_path, model_name="smollm2-135m", n_pairs=2)
-        assert info.value.ename == "PromptError" and "'Sorry' is not a single token" in info.value.evalue
-        return
     res = _run(nb, tmp_path, model_name="smollm2-135m", n_pairs=2)
     assert res["model"] == "smollm2-135m" and res["n_pairs"] == 2 and _finite(res)
+    if nb.stem.startswith("07"):
+        positive, negative = res["answers"]
+        assert positive != "Sorry", "' Sorry' is two tokens for SmolLM2: it cannot be the answer"
+        assert positive in H.REFUSAL.answer_options[0] and negative in (H.REFUSAL.answers[1],
+                                                                         *H.REFUSAL.answer_options[1])
+        return
     assert res["clean_logit_diff"] > 1 and res["corrupted_logit_diff"] < -1  # it does the task

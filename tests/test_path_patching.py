@@ -1,0 +1,349 @@
+"""Path patching (``helpers.paths``) against the independent plain-hooks reference
+(``tests/reference_paths.py``), the identities that hold exactly (each with its conditions), and
+the errors bad input raises.
+
+Models, all float64 (so "equal" means within 1e-10): the bundled model (GPT-2 family, trained),
+a random 3-block GPT-2 and a random 3-block Llama with grouped-query attention (4 query heads
+sharing 2 key/value heads), both with GPT-2's tokenizer (``tests/tiny_models.py``); and a tiny
+2-block model of every family (bundled tokenizer) on each receiver kind.  Result labels are names
+with ``@positions``, parsed back into the reference's tuples by ``_node``.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import helpers as H
+import reference_hooks as ref
+import reference_paths as rp
+from helpers.paths import path_patch
+from helpers.validate import json_text
+from tiny_models import FAMILIES, save_random_model
+
+TOL = 1e-10
+
+
+@pytest.fixture(scope="module")
+def random_models(tmp_path_factory, gpt2_tokenizer):
+    """Saved folders of a random 3-block GPT-2 and a random 3-block Llama (GQA)."""
+    eos, vocab = gpt2_tokenizer.eos_token_id, len(gpt2_tokenizer)
+    root = tmp_path_factory.mktemp("path-models")
+    common = dict(tokenizer=gpt2_tokenizer, vocab_size=vocab, bos_token_id=eos, eos_token_id=eos,
+                  pad_token_id=eos)
+    return {"gpt2": save_random_model(root / "gpt2", "gpt2", seed=1, n_layer=3, **common),
+            "llama": save_random_model(root / "llama", "llama", seed=2, num_hidden_layers=3, **common)}
+
+
+@pytest.fixture(scope="module", params=["bundled", "gpt2", "llama"])
+def setup(request, random_models):
+    """(family, nnsight model, plain transformers model, prompt pairs)."""
+    from transformers import AutoModelForCausalLM
+
+    if request.param == "bundled":
+        model = request.getfixturevalue("bundled64")
+        plain = request.getfixturevalue("bundled_plain64")
+        return "gpt2", model, plain, H.ioi_pairs(model.tokenizer, n=2, seed=5, template=1)
+    path = random_models[request.param]
+    model = H.load_model(path, dtype="float64")
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64,
+                                                 attn_implementation="eager").eval()
+    return request.param, model, plain, H.ioi_pairs(model.tokenizer, n=2, seed=3)
+
+
+def _runs(pairs, direction):
+    """(base ids, source ids) of a direction."""
+    if direction == "denoise":
+        return pairs.corrupted_ids, pairs.clean_ids
+    return pairs.clean_ids, pairs.corrupted_ids
+
+
+def _ld(logits, pairs):
+    rows = torch.arange(len(pairs))
+    return logits[rows, pairs.answer_ids] - logits[rows, pairs.distractor_ids]
+
+
+def _base(result):
+    return (result.corrupted if result.direction == "denoise" else result.clean)["logit_diff"]
+
+
+def _kv(family, layer, head, kind):
+    """A key/value receiver's name: ``L2KV1.k`` with grouped-query attention, else ``L2H1.k``."""
+    return f"L{layer}{'KV' if family == 'llama' else 'H'}{head}.{kind}"
+
+
+def _node(name, pairs, n_layers):
+    """A helpers sender/receiver name (with ``@role``) as the reference's tuple."""
+    name, _, where = name.partition("@")
+    pos = None if not where else [pairs.positions.get(w, None) if w in pairs.positions else int(w)
+                                  for w in where.split(",")]
+    if name == "embed":
+        return ("embed", None, None, pos)
+    if name == "logits":
+        return ("logits", n_layers, None, None)
+    if name.endswith(".in"):
+        return ("mlp_in", int(name[3:-3]), None, pos)
+    if name.startswith(("mlp", "attn")):
+        kind = name[:3] if name.startswith("mlp") else "attn"
+        return (kind, int(name[len(kind):]), None, pos)
+    body, _, kind = name.partition(".")
+    layer, head = body[1:].replace("KV", "H").split("H")
+    return ((kind or "head"), int(layer), int(head), pos)
+
+
+def _compare(family, model, plain, pairs, result, freeze=False):
+    """Every cell of a ("sender", "receiver") result against the reference; the largest error."""
+    base, src = _runs(pairs, result.direction)
+    n_layers = H.model_facts(model).n_layers
+    worst = 0.0
+    for a, s in enumerate(result.labels["sender"]):
+        for b, r in enumerate(result.labels["receiver"]):
+            want = _ld(rp.path_patch(plain, family, base, src, _node(s, pairs, n_layers),
+                                     _node(r, pairs, n_layers), freeze), pairs)
+            worst = max(worst, (result.values["logit_diff"][:, a, b] - want).abs().max().item())
+    return worst
+
+
+# --------------------------------------------------------------------------- the reference
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_every_receiver_kind_equals_the_plain_hooks_reference(setup, direction):
+    family, model, plain, pairs = setup
+    senders = ["embed", "L0H1", "mlp0", "attn1", "L1H2@S2"]
+    receivers = ["L2H0.q", _kv(family, 2, 1, "k"), _kv(family, 2, 0, "v"), "mlp2.in", "logits",
+                 "L2H3.q@END"]
+    got = path_patch(model, pairs, senders, receivers, direction)
+    assert got.dims == ("sender", "receiver") and got.values["logit_diff"].shape == (2, 5, 6)
+    assert got.labels["sender"][-1] == "L1H2@S2" and got.labels["receiver"][-1] == "L2H3.q@END"
+    assert _compare(family, model, plain, pairs, got) < TOL
+    # the paths are not all empty: most cells move away from the base run
+    assert (got.values["logit_diff"] - _base(got)[:, None, None]).abs().max() > 1e-6
+
+
+def test_a_head_reaches_its_own_blocks_mlp_and_the_logits_as_the_reference_says(setup):
+    family, model, plain, pairs = setup
+    got = path_patch(model, pairs, ["L2H1", "attn2", "L1H0@S2"],
+                     ["mlp2.in@END", "logits"], "noise")
+    assert _compare(family, model, plain, pairs, got) < TOL
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_the_frozen_final_norm_equals_the_reference(setup, direction):
+    family, model, plain, pairs = setup
+    got = path_patch(model, pairs, ["embed", "L1H3", "mlp1"], ["L2H2.q", "logits"], direction,
+                     final_norm="frozen")
+    assert got.final_norm == "frozen"
+    assert _compare(family, model, plain, pairs, got, freeze=True) < TOL
+
+
+# --------------------------------------------------------------------------- identities
+
+@pytest.mark.parametrize("final_norm", ["live", "frozen"])
+def test_a_sender_identical_in_both_runs_gives_the_base_metric(setup, final_norm):
+    """Condition: the sender's positions all lie before the prompts' first difference, so its
+    output is the same in the base and the source run."""
+    family, model, plain, pairs = setup
+    early = list(range(pairs.first_difference))
+    got = path_patch(model, pairs, ["embed", "L0H0", "attn1", "mlp1"],
+                     ["L2H1.q", _kv(family, 2, 1, "v"), "mlp2.in", "logits"],
+                     sender_positions=early, final_norm=final_norm)
+    assert (got.values["logit_diff"] - _base(got)[:, None, None]).abs().max() < TOL
+    base, src = _runs(pairs, "denoise")  # the reference agrees
+    want = rp.path_patch(plain, family, base, src, ("head", 0, 0, early), ("q", 2, 1, None))
+    assert (_ld(want, pairs) - _base(got)).abs().max() < TOL
+
+
+def _direct_logit_contribution(family, plain, pairs, direction, sender):
+    """(W_U[answer] - W_U[distractor]) . J(delta) at the last position, computed from the
+    weights: delta = what the sender's change adds to the residual stream, J the final norm's
+    linear part with its scale frozen at the base run."""
+    base_ids, src_ids = _runs(pairs, direction)
+    base, src = ref.cache(plain, family, base_ids), ref.cache(plain, family, src_ids)
+    kind, layer = sender[0], sender[1]
+    if kind == "embed":
+        delta = src[("embed", None)] - base[("embed", None)]
+    elif kind == "mlp":
+        delta = src[("mlp", layer)] - base[("mlp", layer)]
+    else:  # the output projection's linear part applied to the head's (or heads') change
+        dz = src[("head", layer)] - base[("head", layer)]
+        if kind == "head":
+            d = ref.d_head_of(plain, family)
+            keep = torch.zeros_like(dz)
+            keep[..., sender[2] * d:(sender[2] + 1) * d] = 1
+            dz = dz * keep
+        o_proj = ref.module_for(plain, family, "o_proj", layer)
+        with torch.no_grad():
+            delta = o_proj(dz) - o_proj(torch.zeros_like(dz))
+    x_base, _ = rp.final_norm_io(plain, family, base_ids)
+    centre, scale = rp.frozen_norm_part(plain, family, x_base)
+    d = delta[:, -1]
+    d = (d - d.mean(-1, keepdim=True) if centre else d) * scale[:, -1]
+    w_u = ref.module_for(plain, family, "unembed").weight.detach()
+    return ((w_u[pairs.answer_ids] - w_u[pairs.distractor_ids]) * d).sum(-1)
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_with_the_final_norm_frozen_the_path_to_the_logits_is_the_direct_logit_contribution(
+        setup, direction):
+    """Condition: the final norm's scale frozen at the base run (and attention / MLP outputs
+    added to the residual stream as they are, true of GPT-2 and Llama)."""
+    family, model, plain, pairs = setup
+    senders = [("embed", None), ("head", 0, 2), ("attn", 1), ("mlp", 1), ("head", 2, 3), ("mlp", 2)]
+    got = path_patch(model, pairs, ["embed", "L0H2", "attn1", "mlp1", "L2H3", "mlp2"], "logits",
+                     direction, final_norm="frozen")
+    change = got.values["logit_diff"][:, :, 0] - _base(got)[:, None]
+    want = torch.stack([_direct_logit_contribution(family, plain, pairs, direction, s)
+                        for s in senders], 1)
+    assert (change - want).abs().max() < TOL
+    assert want.abs().max() > 1e-6  # not an identity of zeros
+
+
+def test_with_the_final_norm_frozen_a_blocks_heads_add_up_to_its_attention(setup):
+    """Condition: frozen final norm.  With the live norm the sum is not the whole (checked)."""
+    family, model, plain, pairs = setup
+    n_heads = H.model_facts(model).n_heads
+    for layer in (0, 1):
+        names = [f"L{layer}H{h}" for h in range(n_heads)] + [f"attn{layer}"]
+        sums = {}
+        for norm in ("frozen", "live"):
+            r = path_patch(model, pairs, names, "logits", final_norm=norm)
+            change = r.values["logit_diff"][:, :, 0] - _base(r)[:, None]
+            sums[norm] = (change[:, :-1].sum(1) - change[:, -1]).abs().max().item()
+        assert sums["frozen"] < TOL
+        assert sums["live"] > 1e-9, "the live final norm makes the heads' effects non-additive"
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_the_last_mlp_to_the_logits_is_ordinary_patching_of_it(setup, direction):
+    """Condition: nothing but the final norm comes after the last MLP (recomputed in both).  A
+    head of the last block is *not* its ordinary patching: its block's MLP is frozen."""
+    _, model, _, pairs = setup
+    last = H.model_facts(model).n_layers - 1
+    end = pairs.positions["END"]
+    paths = path_patch(model, pairs, [f"mlp{last}", f"mlp{last}@END", f"L{last}H0"],
+                       "logits", direction)
+    plain_patch = H.patch_components(model, pairs, [[H.Patch("mlp", last)], [H.Patch("mlp", last, end)],
+                                                    [H.Patch("head", last, None, 0)]], direction,
+                                     method="batched")
+    got, want = paths.values["logit_diff"][:, :, 0], plain_patch.values["logit_diff"]
+    assert (got[:, :2] - want[:, :2]).abs().max() < TOL
+    assert (got[:, 2] - want[:, 2]).abs().max() > 1e-9
+
+
+# --------------------------------------------------------------------------- the result
+
+def test_every_head_to_the_logits_is_a_layer_by_head_result_that_plots_and_saves(bundled64):
+    pairs = H.ioi_pairs(bundled64.tokenizer, n=3, seed=1)
+    r = path_patch(bundled64, pairs, "heads", "logits")
+    f = H.model_facts(bundled64)
+    assert r.site == "path" and r.method == "batched" and r.dims == ("layer", "head")
+    assert r.values["logit_diff"].shape == (3, f.n_layers, f.n_heads)
+    assert r.labels["layer"][0] == "L0" and r.labels["head"][-1] == f"H{f.n_heads - 1}"
+    assert set(r.values) == {"logit_diff", "answer_prob", "kl_to_clean"}
+    assert r.score().shape == r.importance().shape == (f.n_layers, f.n_heads)
+    assert r.value(layer=-1, head=0) == r.importance()[-1, 0].item()
+    assert len(r.to_frame()) == 3 * f.n_layers * f.n_heads
+    assert json.loads(json_text(r.to_dict()))["dims"] == ["layer", "head"]
+    import matplotlib.pyplot as plt
+
+    plt.close(H.plot_patching(r))
+    # a receiver in block 2 takes every head of blocks 0 and 1
+    q = path_patch(bundled64, pairs, "heads", "L2H0.q@END", metrics=("logit_diff",))
+    assert q.values["logit_diff"].shape == (3, 2, f.n_heads) and set(q.values) == {"logit_diff"}
+    everything = path_patch(bundled64, pairs, "all", "mlp1.in", metrics=("logit_diff",))
+    assert everything.labels["sender"] == ["embed"] + [f"L0H{h}" for h in range(f.n_heads)] + \
+        ["mlp0"] + [f"L1H{h}" for h in range(f.n_heads)]
+
+
+def test_many_receivers_share_forward_passes_and_chunks_change_nothing(bundled64):
+    from helpers.models import hf_model
+
+    pairs = H.ioi_pairs(bundled64.tokenizer, n=2, seed=5, template=1)
+    calls = []
+    handle = H.model_facts(bundled64).block(hf_model(bundled64), 0).register_forward_pre_hook(
+        lambda *a: calls.append(1))
+    try:
+        args = (bundled64, pairs, ["L0H0", "mlp0", "attn1"], ["L2H0.q", "L2H1.k", "mlp3.in", "logits"])
+        one = path_patch(*args)
+        n_one = len(calls)
+        calls.clear()
+        many = path_patch(*args, batch_size=1)
+        n_many = len(calls)
+    finally:
+        handle.remove()
+    # base + source caches, one sender run (6 rows), one receiver run (18 rows)
+    assert n_one == 4
+    assert n_many == 2 + 6 + 18
+    for m in one.values:
+        assert (one.values[m] - many.values[m]).abs().max() < TOL
+
+
+# --------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(senders=["head3"]), r"unknown sender 'head3': write 'embed', a head 'L0H3'"),
+    (dict(senders=["L0H0@S9"]), r"sender 'L0H0': unknown role 'S9'; these prompts have the roles"),
+    (dict(senders=[3]), r"unknown sender 3: write"),
+    (dict(senders=["L9H0"]), r"layer=9 is out of range: there are 4 blocks"),
+    (dict(senders=["L0H7"]), r"head=7 is out of range: there are 4 heads per layer"),
+    (dict(receivers=["L2H0.x"]), r"unknown receiver 'L2H0.x': write a head's input 'L3H0.q'"),
+    (dict(senders=["mlp2"], receivers=["L2H0.q"]), r"sender mlp2 does not come before receiver "
+                                                   r"L2H0.q"),
+    (dict(senders=["L2H0"], receivers=["L2H1.q"]), r"an MLP receiver also its own block's heads"),
+    (dict(senders=["mlp2"], receivers=["mlp2.in"]), r"does not come before"),
+    (dict(receivers=["logits@END"]), r"'logits' takes no positions"),
+    (dict(sender_positions="XYZ"), r"unknown role 'XYZ'; these prompts have the roles"),
+    (dict(receiver_positions=99), r"position=99 is out of range"),
+    (dict(senders=["L0H0", "L0H0"]), r"\['L0H0'\] given twice"),
+    (dict(receivers=[]), r"no receivers"),
+    (dict(direction="sideways"), r"direction must be 'denoise'"),
+    (dict(method="loop"), r"method must be 'batched' or 'fast'"),
+    (dict(final_norm="off"), r"final_norm must be 'live'"),
+    (dict(metrics=("logit_diff",), metric="answer_prob"), r"holding metric=.answer_prob."),
+])
+def test_bad_input_says_what_was_wrong(bundled64, kwargs, error):
+    pairs = H.ioi_pairs(bundled64.tokenizer, n=1, seed=5)
+    args = dict(senders=["L0H0"], receivers=["L2H0.q"]) | kwargs
+    with pytest.raises(ValueError, match=error):
+        path_patch(bundled64, pairs, **args)
+
+
+def test_grouped_query_keys_are_named_by_their_key_value_head(random_models):
+    model = H.load_model(random_models["llama"], dtype="float64")
+    pairs = H.ioi_pairs(model.tokenizer, n=1, seed=3)
+    with pytest.raises(ValueError, match=r"share keys and values \(grouped-query attention, 2 query "
+                                         r"heads per key/value head\): name the key/value head, "
+                                         r"e.g. 'L2KV1.k'"):
+        path_patch(model, pairs, ["L0H0"], ["L2H3.k"])
+    with pytest.raises(ValueError, match=r"head=2 is out of range: there are 2 key/value heads"):
+        path_patch(model, pairs, ["L0H0"], ["L2KV2.v"])
+    r = path_patch(model, pairs, ["L0H0"], ["L2KV1.k", "L2H3.q"], metrics=("logit_diff",))
+    assert r.labels["receiver"] == ["L2KV1.k", "L2H3.q"]
+
+
+# --------------------------------------------------------------------------- every family
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_equals_the_reference_on_each_receiver_kind(tmp_path, family):
+    """Tiny 2-block models of every family (bundled tokenizer), both final norms.  GPT-NeoX's
+    parallel residual has no path from a block's heads to its own MLP: refused."""
+    from transformers import AutoModelForCausalLM
+
+    path = save_random_model(tmp_path / family, family)
+    model = H.load_model(path, dtype="float64")
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64,
+                                                 attn_implementation="eager").eval()
+    pairs = H.ioi_pairs(model.tokenizer, n=2, seed=5)
+    kv = "KV" if family not in ("gpt2", "gpt_neox") else "H"
+    for norm in ("live", "frozen"):
+        got = path_patch(model, pairs, ["embed", "L0H1@S2", "mlp0"],
+                         ["L1H0.q@END", f"L1{kv}1.k", f"L1{kv}0.v", "mlp1.in", "logits"], "noise",
+                         final_norm=norm)
+        assert _compare(family, model, plain, pairs, got, freeze=norm == "frozen") < TOL
+    if family == "gpt_neox":
+        with pytest.raises(ValueError, match=r"not with this model's parallel residual"):
+            path_patch(model, pairs, ["L1H1"], ["mlp1.in"])
+    else:
+        got = path_patch(model, pairs, ["L1H1"], ["mlp1.in"])
+        assert _compare(family, model, plain, pairs, got) < TOL
