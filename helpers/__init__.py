@@ -12,6 +12,8 @@ One module per concern:
 * ``helpers.results``   - ``PatchResult``: tables and JSON
 * ``helpers.stats``     - per-cell statistics: bootstrap intervals, sign-flip p-values, Holm/BH
 * ``helpers.paths``     - path patching: sender -> receiver (Wang et al.), exact, batched
+* ``helpers.ablations`` - zero / mean / resample ablations and attention knockout
+* ``helpers.faithfulness`` - a circuit's faithfulness, completeness and minimality
 * ``helpers.prompts``   - IOI templates, roles and corruptions
 * ``helpers.metrics``   - logit difference, probability, KL, normalised score
 * ``helpers.patching``  - the sweeps (denoising / noising)
@@ -38,6 +40,8 @@ from helpers.metrics import (GapTooSmallError, answer_prob, kl_to_clean, logit_d
                              mean_and_sem, normalised)
 from helpers.models import DEFAULT_MODEL, ModelLoadError, load_model, model_facts
 from helpers.observe import attention_patterns, encode, ioi_accuracy, top_predictions
+from helpers.ablations import ablate, ablation_source, knockout, knockout_patterns, resample_rows
+from helpers.faithfulness import CircuitEvaluation, compare_ablations, evaluate_circuit
 from helpers.paths import path_patch
 from helpers.patching import (Patch, PatchResult, baselines, cache_activations, patch_attn_out,
                               patch_components, patch_heads, patch_mlp_out, patch_residual,
