@@ -445,7 +445,9 @@ def test_attention_without_weights_is_reported_through_the_remote_path(llama_dir
 
 # --------------------------------------------------------------------------- the chapters
 
-CHAPTERS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("0[1-8]_*.ipynb"))
+CHAPTERS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+#: chapters that stop, with this error, at a helper that does not run on remote models yet
+LOCAL_ONLY = {"09": "path patching runs on a local model only for now"}
 
 
 def _run_chapter(path: Path, overrides: dict) -> dict:
@@ -475,8 +477,12 @@ def test_every_chapter_runs_as_ndif_would_with_remote_local(path, strict, tmp_pa
     """The chapters' ``remote`` parameter: with ``remote="local"`` every trace a chapter makes,
     its hand-written nnsight included, is served like an NDIF request with helpers hidden, and
     the chapter still reaches its results file (which records the parameter)."""
-    ns = _run_chapter(path, {"remote": "local", "n_pairs": 4, "show_widgets": False,
-                             "output_dir": str(tmp_path)})
+    overrides = {"remote": "local", "n_pairs": 4, "show_widgets": False, "output_dir": str(tmp_path)}
+    if path.stem[:2] in LOCAL_ONLY:   # its hand-written traces run remotely; then the clear refusal
+        with pytest.raises(ValueError, match=LOCAL_ONLY[path.stem[:2]]):
+            _run_chapter(path, overrides)
+        return
+    ns = _run_chapter(path, overrides)
     assert remote_mode(ns["model"]) == "local"
     results = list(tmp_path.glob("*/results.json"))
     assert len(results) == 1, f"{path.name} wrote {results}"
