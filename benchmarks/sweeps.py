@@ -39,6 +39,17 @@ throughput of one plain batched forward of 16 copies of the prompt (256 tokens p
 measured in the same process; "x floor" is a row's time over that price (1.0 = at the floor;
 below 1 is possible: the floor's price is a batch-256 throughput, a heavier batch runs faster).
 
+**Path patching** (``helpers.path_patch``, Wang et al.): two rows, every head of the model -> the
+logits, and every head of blocks 0 .. n-2 -> the query of head 0 of the last block at END, each
+batched, fast (default) and fast with the logit difference only.  Their unit is the plain-hooks
+path-patching loop, one path at a time (``tests/reference_paths.py``'s definition, the base and
+source runs cached once): per path a sender run (the sender head from the source run, every other
+head and every MLP frozen at the base run: whole attention outputs outside the sender's block),
+which for the logits is the answer, then for the query a receiver run with the recorded query
+patched in.  It is timed on the first ``--path-loop-paths`` (12) paths and scaled by their
+number (``--full-loops``: all), as the output says.  Their floor: the two cached runs, plus for
+the query one token-block per path (the last block at END).
+
 Peak memory: every fast/batched/attribution row is re-run once in its own child process,
 whose maximum resident set (the model loaded included) is reported.
 
@@ -79,12 +90,15 @@ METHODS = [  # (label, method, metrics); the first is the unit
     ("fast exact, logit difference only", "fast", ("logit_diff",)),
     ("attribution patching (estimate, all maps)", "attribution", None),
 ]
-SWEEPS = ("resid", "heads", "head_pos", "attn", "mlp")
+PATH_SWEEPS = ("path_logits", "path_q")
+SWEEPS = ("resid", "heads", "head_pos", "attn", "mlp") + PATH_SWEEPS
 NAMES = {"resid": "residual layer x position", "heads": "all heads (layer x head)",
          "head_pos": "head x position", "attn": "attention output layer x position",
-         "mlp": "MLP output layer x position"}
+         "mlp": "MLP output layer x position", "path_logits": "path patching: every head -> logits",
+         "path_q": "path patching: every earlier head -> last block's H0 query at END"}
 SLOW = {"loop": ("resid", "heads"), "hooks": ("resid", "heads")}  # loops measured by default
 MEMORY_METHODS = ("batched", "fast", "attribution")
+METRICS_ALL = ("logit_diff", "answer_prob", "kl_to_clean")
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATCHLAB_PROGRESS": "0",
        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -131,8 +145,50 @@ def hooks_loop(ref, hf, pairs, sweep: str):
     return (logits[..., 0, a] - logits[..., 0, d]).flatten()
 
 
+def hooks_path_loop(ref, hf, pairs, sweep: str, limit: int | None):
+    """The plain-hooks path-patching loop (see the module docstring) over the first ``limit``
+    paths (all: None): logit differences of prompt 0, in the project's order."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import reference_paths as rp  # the reference's receiver hook (it imports reference_hooks)
+
+    fam = ref.family_of(hf)
+    base_ids, src_ids = pairs.corrupted_ids, pairs.clean_ids
+    base, src = ref.cache(hf, fam, base_ids), ref.cache(hf, fam, src_ids)
+    n, h, seq = ref.n_layers_of(hf, fam), ref.n_heads_of(hf), base_ids.shape[1]
+    receiver = ("q", n - 1, 0, [pairs.positions["END"]])
+    paths = [(L, k) for L in range(n if sweep == "path_logits" else n - 1) for k in range(h)][:limit]
+    a, d = int(pairs.answer_ids[0]), int(pairs.distractor_ids[0])
+    out = []
+    for L, k in paths:
+        freeze = ([("attn", M, None, None) for M in range(n) if M != L] + [("mlp", M, None, None) for M in range(n)]
+                  + [("head", L, None, j) for j in range(h) if j != k])
+        store: list = []
+        hook = None if sweep == "path_logits" else rp._receiver_hook(hf, fam, receiver, seq, store=store)
+        try:
+            with ref.patched(hf, fam, base, freeze), ref.patched(hf, fam, src, [("head", L, None, k)]):
+                logits = hf(input_ids=base_ids, use_cache=False).logits[:, -1]
+        finally:
+            if hook is not None:
+                hook.remove()
+        if hook is not None:  # the receiver run
+            hook = rp._receiver_hook(hf, fam, receiver, seq, value=store[0])
+            try:
+                logits = hf(input_ids=base_ids, use_cache=False).logits[:, -1]
+            finally:
+                hook.remove()
+        out.append(logits[0, a] - logits[0, d])
+    return torch.stack(out)
+
+
 def project_sweep(H, model, pairs, sweep: str, method: str, metrics):
     """A project sweep's logit differences of prompt 0."""
+    if sweep in PATH_SWEEPS:
+        last = H.model_facts(model).n_layers - 1
+        receiver = "logits" if sweep == "path_logits" else f"L{last}H0.q@END"
+        r = H.path_patch(model, pairs, "heads", receiver, method=method, metrics=tuple(metrics or METRICS_ALL))
+        return r.values["logit_diff"][0].flatten()
     if method == "attribution":
         key = {"resid": "resid", "heads": "heads", "head_pos": "head_pos", "attn": "attn", "mlp": "mlp"}
         return H.attribution_patching(model, pairs)[key[sweep]].values["logit_diff"][0].flatten()
@@ -168,6 +224,10 @@ def floor_units(f, cfg, sweep: str, first: int, seq: int) -> float:
         return (part + n - 2 - block) * (seq - p) + 1
 
     positions = range(first, seq)
+    if sweep == "path_logits":  # the sender's change reaches the logits with no block run
+        return 0.0
+    if sweep == "path_q":  # per path: the last block at the final position
+        return f.n_heads * (n - 1) * enter(n - 1, seq - 1)
     if sweep == "resid":  # the stream before block L, L = 0 .. n (n: after the last block)
         return sum(enter(L, p) for L in range(n + 1) for p in positions)
     if sweep in ("attn", "head_pos"):
@@ -178,7 +238,7 @@ def floor_units(f, cfg, sweep: str, first: int, seq: int) -> float:
     return sum(enter(L + 1, p) for L in range(n) for p in positions)  # mlp
 
 
-def timing_child(model_dir: str, repeats: int, sweeps: str, full_loops: bool) -> dict:
+def timing_child(model_dir: str, repeats: int, sweeps: str, full_loops: bool, path_paths: int) -> dict:
     import torch
 
     H, model, pairs = _setup(model_dir)
@@ -199,34 +259,48 @@ def timing_child(model_dir: str, repeats: int, sweeps: str, full_loops: bool) ->
     out["seconds_per_token_block"] = per_block
     times: dict = {}
     values: dict = {}
+    timed_paths: dict = {}  # path sweep -> (paths the hooks loop ran, all paths)
     for rep in range(repeats):
         for sweep in sweeps.split(","):
             for label, method, metrics in METHODS:
-                if method in SLOW and sweep not in SLOW[method] and not full_loops:
+                if sweep in PATH_SWEEPS:
+                    if method in ("loop", "attribution"):
+                        continue
+                elif method in SLOW and sweep not in SLOW[method] and not full_loops:
                     continue
                 if method == "loop" and sweep not in SLOW["loop"]:
                     continue  # the nnsight loop only where the issue tracks it
-                if method == "batched" and sweep not in ("resid", "heads"):
+                if method == "batched" and sweep not in ("resid", "heads") + PATH_SWEEPS:
                     continue
                 start = time.perf_counter()
                 with torch.no_grad() if method == "hooks" else _nullcontext():
-                    got = (hooks_loop(ref, hf, pairs, sweep) if method == "hooks"
-                           else project_sweep(H, model, pairs, sweep, method, metrics))
-                times.setdefault(sweep, {}).setdefault(label, []).append(time.perf_counter() - start)
+                    if method == "hooks" and sweep in PATH_SWEEPS:
+                        got = hooks_path_loop(ref, hf, pairs, sweep, None if full_loops else path_paths)
+                    else:
+                        got = (hooks_loop(ref, hf, pairs, sweep) if method == "hooks"
+                               else project_sweep(H, model, pairs, sweep, method, metrics))
+                seconds = time.perf_counter() - start
+                if method == "hooks" and sweep in PATH_SWEEPS:  # timed on a subset: scaled
+                    total = f.n_heads * (f.n_layers if sweep == "path_logits" else f.n_layers - 1)
+                    seconds *= total / len(got)
+                    timed_paths.setdefault(sweep, (len(got), total))
+                times.setdefault(sweep, {}).setdefault(label, []).append(seconds)
                 values.setdefault(sweep, {})[label] = got.float()
             print(f"repeat {rep + 1}/{repeats}: {sweep} done", file=sys.stderr, flush=True)
     for sweep in times:
-        patches = int(next(iter(values[sweep].values())).numel())
+        patches = max(int(v.numel()) for v in values[sweep].values())
         floor = (2 * n_pairs * seq * f.n_layers + n_pairs * floor_units(f, hf.config, sweep, first, seq)) * per_block
         rows = {}
         unit = values[sweep].get(HOOKS)
-        for label, ts in times[sweep].items():
-            diff = None if unit is None else float((values[sweep][label] - unit).abs().max())
+        for label, ts in times[sweep].items():  # (a path loop's unit: its first paths only)
+            diff = None if unit is None else float((values[sweep][label][:len(unit)] - unit).abs().max())
             rows[label] = {"seconds": statistics.median(ts), "runs": ts, "max_diff_vs_hooks": diff}
+            if label == HOOKS and sweep in timed_paths:
+                rows[label]["timed_paths"] = timed_paths[sweep][0]
         out["sweeps"][sweep] = {"patches": patches, "floor_seconds": floor, "methods": rows}
     # the hooks loop's time per forward, for the sweeps whose loop is not measured
     per_forward = [out["sweeps"][s]["methods"][HOOKS]["seconds"] / out["sweeps"][s]["patches"]
-                   for s in out["sweeps"] if HOOKS in out["sweeps"][s]["methods"]]
+                   for s in out["sweeps"] if HOOKS in out["sweeps"][s]["methods"] and s not in PATH_SWEEPS]
     out["hooks_seconds_per_patch"] = statistics.median(per_forward) if per_forward else None
     return out
 
@@ -374,6 +448,8 @@ def main() -> int:
     ap.add_argument("--sweeps", default=",".join(SWEEPS), help=f"comma-separated subset of {SWEEPS}")
     ap.add_argument("--full-loops", action="store_true",
                     help="measure the hooks loop for every sweep (else per-forward time x patches)")
+    ap.add_argument("--path-loop-paths", type=int, default=12,
+                    help="paths the path-patching hooks loop is timed on (then scaled by their number)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child runs")
     ap.add_argument("--profile", action="store_true", help="print where the fast path's time goes, by op")
     ap.add_argument("--tl-python", metavar="PATH", help="a Python with transformer_lens: adds its row")
@@ -382,7 +458,7 @@ def main() -> int:
     if args.child:
         kind, *rest = args.child
         if kind == "timing":
-            print(json.dumps(timing_child(rest[0], int(rest[1]), rest[2], rest[3] == "1")))
+            print(json.dumps(timing_child(rest[0], int(rest[1]), rest[2], rest[3] == "1", int(rest[4]))))
         elif kind == "memory":
             print(json.dumps(memory_child(*rest)))
         else:
@@ -404,7 +480,8 @@ def main() -> int:
             model_label = "GPT-2 small stand-in (real tokenizer, random weights)"
         report = {"machine": machine(), "model": model_label, "repeats": args.repeats,
                   "prompt": QUICK_PROMPT if args.quick else PROMPT}
-        timing = run_child("timing", model_dir, str(args.repeats), args.sweeps, "1" if args.full_loops else "0")
+        timing = run_child("timing", model_dir, str(args.repeats), args.sweeps, "1" if args.full_loops else "0",
+                           str(args.path_loop_paths))
         report.update(timing)
         if not args.no_memory:
             for sweep, res in timing["sweeps"].items():
@@ -432,6 +509,10 @@ def main() -> int:
         for label, r in methods.items():
             diff = "-" if r["max_diff_vs_hooks"] is None else f"{r['max_diff_vs_hooks']:.1e}"
             peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else "-"
+            if "timed_paths" in r:  # the path-patching hooks loop: timed on its first paths, scaled
+                label = (f"path-patching hooks loop (sender run + receiver run per path), timed on "
+                         f"{r['timed_paths']} of {res['patches']} paths and scaled")
+                diff += f" (on those {r['timed_paths']})" if diff != "-" else ""
             print(f"| {NAMES[sweep]} ({res['patches']} patches) | {label} | {r['seconds']:.2f} | "
                   f"{loop / r['seconds']:.1f}x | {r['seconds'] / res['floor_seconds']:.2f} | {peak} | {diff} |")
         print(f"| {NAMES[sweep]} ({res['patches']} patches) | the floor (see docstring) | "

@@ -23,19 +23,21 @@ recomputed from the model's own submodules, with the causal softmax attention wr
 out: GPT-2 (``ln_1``, ``c_attn``, ``c_proj``, ``ln_2``, ``mlp``) and Llama-style models
 (RMSNorm, rotary positions, grouped-query attention, optional per-head q/k norms as in
 Qwen3, gated MLP: Llama, SmolLM2, Qwen2, Qwen3, Mistral).  Other families run the batched
-path.  ``tests/`` check every sweep against an independent hook-based reference.
+path.  ``tests/`` check every sweep against an independent hook-based reference.  ``run_rows``
+also patches given values into a head's query / key / value or an MLP's input: path patching's
+receiver runs (``helpers.fastpaths``).
 """
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from helpers.anatomy import ModelAnatomy
 from helpers.models import hf_model, model_facts
 
-__all__ = ["BaseCache", "cache_base_run", "run_patch_sets", "supports_fast_path"]
+__all__ = ["BaseCache", "cache_base_run", "run_patch_sets", "run_rows", "supports_fast_path"]
 
 
 class BaseCache:
@@ -78,18 +80,31 @@ class _Blocks:
     def block(self, layer: int) -> Any:
         return self.f.block(self.hf, layer)
 
-    def qkv(self, layer: int, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Queries ``[T, n_heads, d_head]``, keys and values ``[T, n_kv_heads, d_head]`` of the
-        block's input ``x`` ``[T, d_model]`` (tokens at ``positions`` ``[T]``)."""
-        f, block = self.f, self.block(layer)
-        t = x.shape[0]
+    def norms(self, layer: int) -> tuple[Any, Any]:
+        """The block's norm before attention and its norm before the MLP (modules)."""
+        block = self.block(layer)
         if self.gpt2:
-            qkv = block.attn.c_attn(block.ln_1(x)).view(t, 3, f.n_heads, f.d_head)
+            return block.ln_1, block.ln_2
+        return block.input_layernorm, block.post_attention_layernorm
+
+    def qkv(self, layer: int, x: torch.Tensor, positions: torch.Tensor,
+            edit: Callable | None = None) -> tuple[torch.Tensor, ...]:
+        """Queries ``[T, n_heads, d_head]``, keys and values ``[T, n_kv_heads, d_head]`` of the
+        block's input ``x`` ``[T, d_model]`` (tokens at ``positions`` ``[T]``); ``edit(q, k, v)``
+        may change them in place before rotary positions and q/k norms."""
+        f, block = self.f, self.block(layer)
+        t, h = x.shape[0], self.norms(layer)[0](x)
+        if self.gpt2:
+            qkv = block.attn.c_attn(h).view(t, 3, f.n_heads, f.d_head)
+            if edit is not None:
+                edit(qkv[:, 0], qkv[:, 1], qkv[:, 2])
             return qkv[:, 0], qkv[:, 1], qkv[:, 2]
-        attn, h = block.self_attn, block.input_layernorm(x)
+        attn = block.self_attn
         q = attn.q_proj(h).view(t, -1, f.d_head)
         k = attn.k_proj(h).view(t, -1, f.d_head)
         v = attn.v_proj(h).view(t, -1, f.d_head)
+        if edit is not None:
+            edit(q, k, v)
         if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's vector
             q, k = attn.q_norm(q), attn.k_norm(k)
         cos, sin = self.rotary(x[None], positions[None])  # [1, T, d_head]
@@ -122,16 +137,21 @@ class _Blocks:
     def o_proj(self, layer: int, z: torch.Tensor) -> torch.Tensor:
         return self.f.o_proj(self.hf, layer)(z)
 
-    def mlp(self, layer: int, h: torch.Tensor) -> torch.Tensor:
-        block = self.block(layer)
-        norm = block.ln_2 if self.gpt2 else block.post_attention_layernorm
+    def mlp(self, layer: int, h: torch.Tensor, edit: Callable | None = None) -> torch.Tensor:
+        """The MLP's output for the stream ``h``; ``edit`` may change its input (after its
+        norm) in place."""
+        mlp, x = self.block(layer).mlp, self.norms(layer)[1](h)
+        if edit is not None:
+            edit(x)
         if self.fused_gelu:
-            mlp = block.mlp
-            return mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(norm(h)), approximate="tanh"))
-        return block.mlp(norm(h))
+            return mlp.c_proj(torch.nn.functional.gelu(mlp.c_fc(x), approximate="tanh"))
+        return mlp(x)
 
-    def logits(self, final: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
-        x = self.f.final_norm(self.hf)(final)
+    def logits(self, final: torch.Tensor, columns: torch.Tensor | None,
+               norm: Callable | None = None) -> torch.Tensor:
+        """Logits ``[rows, vocab]`` (or of ``columns`` ``[rows, k]``) of the final stream
+        ``[rows, d_model]``; ``norm`` replaces the final norm."""
+        x = (norm or self.f.final_norm(self.hf))(final)
         unembed = self.f.unembed(self.hf)
         if columns is None:
             return self.f.logits(unembed(x))
@@ -180,11 +200,7 @@ def run_patch_sets(model: Any, base: BaseCache, source: dict[tuple[str, int | No
     positions before ``first_difference`` are dropped: the source and base activations
     there are identical.  Every set must keep at least one patch.
     """
-    f = model_facts(model)
-    blocks = _Blocks(hf_model(model), f)
     seq = base.resid.shape[2]
-    dev = base.resid.device
-    rows = len(patch_sets)
     starts_l, starts_p, plans = [], [], []
     for patches in patch_sets:
         plan = []  # (site, layer, positions >= first_difference, head)
@@ -199,24 +215,44 @@ def run_patch_sets(model: Any, base: BaseCache, source: dict[tuple[str, int | No
         plans.append(plan)
         starts_l.append(min(_stream_index(site, layer) for site, layer, _, _ in plan))
         starts_p.append(min(min(qs) for _, _, qs, _ in plan))
+    return run_rows(model, base, source, plans, starts_l, starts_p, pair_of_row, columns)
+
+
+def run_rows(model: Any, base: BaseCache, source: dict, plans: list, starts_l: list[int],
+             starts_p: list[int], pair_of_row: torch.Tensor, columns: torch.Tensor | None = None,
+             inputs: dict | None = None, final_norm: Callable | None = None) -> torch.Tensor:
+    """Last-position logits ``[rows, vocab]`` (or of ``columns`` ``[rows, k]``) of rows that start
+    at the stream before block ``starts_l[r]`` and position ``starts_p[r]``: ``plans[r]`` holds
+    (site, layer, positions, head) patches from ``source``, ``inputs`` per-row values for the
+    blocks' inputs: ``{(kind, layer): [(row, positions, head | None, values [len(positions),
+    width])]}``, kind ``"q"`` / ``"k"`` / ``"v"`` (a query head's / a key/value head's
+    ``d_head`` columns, before rotary positions) or ``"mlp_in"`` (the MLP's input, after its
+    norm).  ``final_norm(stream [rows, d_model], pair [rows])`` replaces the final norm."""
+    f = model_facts(model)
+    blocks, dev, rows = _Blocks(hf_model(model), f), base.resid.device, len(plans)
     # rows ordered by the block they start at (then by p0): the rows taking part in block L
     # are a prefix, and so are their tokens
     order = sorted(range(rows), key=lambda r: (starts_l[r], starts_p[r]))
     pairs = pair_of_row.to(dev)[order]
+    new = {r: i for i, r in enumerate(order)}
+    inputs = {w: [(new[r], *rest) for r, *rest in items] for w, items in (inputs or {}).items()}
+    norm = None if final_norm is None else (lambda x: final_norm(x, pairs))
     with torch.no_grad():
         final = _run_packed(blocks, base, source, [plans[r] for r in order],
-                            [starts_l[r] for r in order], [starts_p[r] for r in order], pairs, seq)
+                            [starts_l[r] for r in order], [starts_p[r] for r in order], pairs,
+                            base.resid.shape[2], inputs)
         cols = None if columns is None else columns.to(dev)[order]
-        logits = blocks.logits(final, cols)
+        logits = blocks.logits(final, cols, norm)
     out = torch.empty_like(logits)
     out[torch.tensor(order, device=dev)] = logits
     return out
 
 
 def _run_packed(blocks: _Blocks, base: BaseCache, source: dict, plans: list, start_layers: list[int],
-                start_positions: list[int], pairs: torch.Tensor, seq: int) -> torch.Tensor:
+                start_positions: list[int], pairs: torch.Tensor, seq: int,
+                inputs: dict | None = None) -> torch.Tensor:
     """The final residual stream at the last position, ``[rows, d_model]``, of rows sorted by
-    their start block (``start_layers`` non-decreasing)."""
+    their start block (``start_layers`` non-decreasing); ``inputs`` as in ``run_rows``."""
     f = blocks.f
     n_layers, last = f.n_layers, f.n_layers - 1
     dev = base.resid.device
@@ -257,6 +293,12 @@ def _run_packed(blocks: _Blocks, base: BaseCache, source: dict, plans: list, sta
             else:
                 value = value[src, pos]
             steps.setdefault(where, []).append((tok, row, pos, head, value.to(hidden.dtype)))
+    for where, items in (inputs or {}).items():  # given values: (row, positions, head, values)
+        idx = [(row_start[r] + q - start_positions[r], r, q, -1 if h is None else h)
+               for r, qs, h, _ in items for q in qs]
+        tok, row, pos, head = torch.tensor(idx, device=dev).T
+        value = torch.cat([v for *_, v in items]).to(dev, hidden.dtype)
+        steps[where] = [(tok, row, pos, None if items[0][2] is None else head, value)]
 
     def patch(tensor: torch.Tensor, where: tuple[str, int], final_only: bool = False) -> None:
         """In place: ``tensor`` (tokens, or with ``final_only`` one final position per row)."""
@@ -265,8 +307,8 @@ def _run_packed(blocks: _Blocks, base: BaseCache, source: dict, plans: list, sta
             if final_only:  # only the final position's value matters here
                 keep = pos == seq - 1
                 index, head, value = row[keep], None if head is None else head[keep], value[keep]
-            if head is not None:
-                tensor.view(tensor.shape[0], f.n_heads, f.d_head)[index, head] = value
+            if head is not None:  # query, key/value or output heads
+                tensor.view(tensor.shape[0], -1, f.d_head)[index, head] = value
             else:
                 tensor[index] = value
 
@@ -279,7 +321,11 @@ def _run_packed(blocks: _Blocks, base: BaseCache, source: dict, plans: list, sta
         n_t = row_start[n_rows]
         x = hidden[:n_t]
         patch(x, ("stream", layer))
-        q, k, v = blocks.qkv(layer, x, tok_pos[:n_t])
+        edit_qkv = None if not any((s, layer) in steps for s in "qkv") else (
+            lambda *qkv: [patch(t, (s, layer)) for s, t in zip("qkv", qkv)])
+        edit_mlp = None if ("mlp_in", layer) not in steps else (
+            lambda t: patch(t, ("mlp_in", layer), final_only=layer == last))
+        q, k, v = blocks.qkv(layer, x, tok_pos[:n_t], edit_qkv)
         r_t, s_t = tok_row[:n_t], slot[:n_t]
         # keys and values: the base run's, with this block's new ones from each row's p0 on
         keys = base.keys[pairs[:n_rows], layer].transpose(1, 2).clone()  # [rows, seq, kv, d_head]
@@ -294,7 +340,7 @@ def _run_packed(blocks: _Blocks, base: BaseCache, source: dict, plans: list, sta
             attn_out = blocks.o_proj(layer, z)
             patch(attn_out, ("attn", layer), final_only=True)
             h = x[last_tok[:n_rows]] + attn_out
-            mlp_out = blocks.mlp(layer, h)
+            mlp_out = blocks.mlp(layer, h, edit_mlp)
             patch(mlp_out, ("mlp", layer), final_only=True)
             hidden[last_tok[:n_rows]] = h + mlp_out
             break
@@ -305,7 +351,7 @@ def _run_packed(blocks: _Blocks, base: BaseCache, source: dict, plans: list, sta
         attn_out = blocks.o_proj(layer, z)
         patch(attn_out, ("attn", layer))
         h = x + attn_out
-        mlp_out = blocks.mlp(layer, h)
+        mlp_out = blocks.mlp(layer, h, edit_mlp)
         patch(mlp_out, ("mlp", layer))
         hidden[:n_t] = h + mlp_out
     final = hidden[last_tok]

@@ -45,8 +45,11 @@ residual).  Positions (indices or roles) restrict either side: ``"L0H3@S2"``, ``
 * the last block's MLP -> ``logits`` is ordinary patching of it; a last-block head is not (its
   block's MLP is frozen in the sender run).
 
-``method="batched"`` (every family): many rows per nnsight trace, chunked to a memory budget;
-``"fast"`` is not implemented yet and runs batched (``result.method == "batched"``); no NDIF yet.
+``method="fast"`` (default; GPT-2 and Llama-style models, ``fastpatch.supports_fast_path``) is
+exact: with every head and MLP frozen the sender run's stream is the base run's plus the sender's
+change, so R's input needs no sender forward pass; R's runs start at its block and first changed
+position (``helpers.fastpaths``).  ``"batched"`` (every family; fast falls back to it): many rows
+per nnsight trace.  Both chunk to a memory budget; ``result.method`` says which ran.  No NDIF yet.
 """
 from __future__ import annotations
 
@@ -56,9 +59,12 @@ from typing import Any, Literal, Sequence
 
 import torch
 
+from helpers.fastpatch import supports_fast_path
+from helpers.fastpaths import path_logits
 from helpers.memory import sweep_budget_mb
-from helpers.metrics import METRICS, answer_prob, kl_to_clean, logit_diff
+from helpers.metrics import METRICS
 from helpers.models import hf_model, input_device, model_facts, remote_mode
+from helpers.patching import _metrics
 from helpers.prompts import PromptPairs
 from helpers.results import PatchResult
 from helpers.runs import cache_activations, check_pairs
@@ -197,7 +203,7 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
                receivers: str | Sequence[str],
                direction: Literal["denoise", "noise"] = "denoise", *,
                sender_positions: Positions = None, receiver_positions: Positions = None,
-               final_norm: Literal["live", "frozen"] = "live", method: Literal["batched", "fast"] = "batched",
+               final_norm: Literal["live", "frozen"] = "live", method: Literal["fast", "batched"] = "fast",
                metrics: Sequence[str] = METRICS, metric: str = "logit_diff",
                memory_mb: float | None = None, batch_size: int | None = None) -> PatchResult:
     """Path patching from every sender to every receiver (the module docstring defines it).
@@ -207,7 +213,8 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
     names without ``@``.  Returns a ``PatchResult`` (site ``"path"``; baselines: the unpatched
     runs) with values ``[n_prompts, n_senders, n_receivers]`` on ``("sender", "receiver")`` (labels:
     the names with positions), or ``[n_prompts, k, n_heads]`` on ``("layer", "head")`` for every
-    head of blocks 0 .. k-1 to one receiver.  Other options as in ``helpers.sweep``.
+    head of blocks 0 .. k-1 to one receiver.  ``method``: ``"fast"`` (runs batched where it is
+    not supported) or ``"batched"``, both exact.  Other options as in ``helpers.sweep``.
     """
     for name, value, allowed in (("direction", direction, ("denoise", "noise")),
                                  ("method", method, ("batched", "fast")),
@@ -224,11 +231,12 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
     f = model_facts(model)
     send, recv = _plan(pairs, f, senders, receivers, sender_positions, receiver_positions)
     batch_size = None if batch_size is None else as_count(batch_size, "batch_size")
+    if method == "fast" and not supports_fast_path(model, pairs.seq_len):
+        method = "batched"  # the fast path computes GPT-2's and Llama-style blocks only
 
     n, seq = len(pairs), pairs.seq_len
-    base_ids, src_ids = pairs.corrupted_ids, pairs.clean_ids
-    if direction == "noise":
-        base_ids, src_ids = src_ids, base_ids
+    base_ids, src_ids = ((pairs.corrupted_ids, pairs.clean_ids) if direction == "denoise"
+                         else (pairs.clean_ids, pairs.corrupted_ids))
     sites = [("embed", None)] + [(s, L) for L in range(f.n_layers) for s in ("head", "mlp")]
     (base, base_logits), (src, src_logits) = (cache_activations(model, i, sites) for i in (base_ids, src_ids))
     clean_logits, bad_logits = (src_logits, base_logits) if direction == "denoise" else (base_logits, src_logits)
@@ -242,9 +250,11 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
     two = metrics == ("logit_diff",)  # then only the answer and distractor logits are read
     cols = torch.stack([pairs.answer_ids, pairs.distractor_ids], 1)
 
-    def measure(logits: torch.Tensor, pair_idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"logit_diff": logits[:, 0] - logits[:, 1]} if two else _metrics(
+    def store(pair_idx: torch.Tensor, snd_idx: torch.Tensor, rcv_idx: Any, logits: torch.Tensor) -> None:
+        got = {"logit_diff": logits[:, 0] - logits[:, 1]} if two else _metrics(
             logits, pairs, clean_logits, pair_idx)
+        for m in metrics:
+            values[m][pair_idx, snd_idx, rcv_idx] = got[m].to(values[m].dtype).cpu()
 
     size = torch.finfo(f.dtype).bits // 8  # bytes per row: a forward, frozen values, reads
     forward = size * (seq * (8 * f.d_model + 4 * f.n_heads * seq) + 3 * f.vocab_size)
@@ -258,17 +268,20 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
         return [jobs[j: j + k] for j in range(0, len(jobs), k)]
 
     values = {m: torch.zeros(n, len(send), len(recv), dtype=base_logits.dtype) for m in metrics}
+    jobs = [(i, k) for k in range(len(send)) for i in range(n)]
+    if method == "fast":  # no sender forward pass; receiver runs from the cached base run
+        for cells in path_logits(model, base_ids, base, src, send, recv, pairs.first_difference,
+                                 chunks(jobs, forward), norm, cols if two else None):
+            store(*cells)
     recorded: dict[int, torch.Tensor] = {}  # receiver -> [n, n_senders, positions, width]
-    for chunk in chunks([(i, k) for k in range(len(send)) for i in range(n)], forward + frozen + read):
+    for chunk in chunks(jobs, forward + frozen + read) if method == "batched" else []:
         pair_idx, snd_idx = torch.tensor([i for i, _ in chunk]), torch.tensor([k for _, k in chunk])
         outs, logits = _sender_run(model, f, base_ids[pair_idx], base, src, pair_idx,
                                    [send[k] for _, k in chunk], slots, norm,
                                    cols[pair_idx] if two else None)
-        got = measure(logits, pair_idx)
         for j, r in enumerate(recv):
             if r.kind == "logits":
-                for m in metrics:
-                    values[m][pair_idx, snd_idx, j] = got[m].to(values[m].dtype).cpu()
+                store(pair_idx, snd_idx, j, logits)
                 continue
             out = outs[r.slot(f)][:, r.pos(seq), r.columns(f)]
             if j not in recorded:
@@ -278,10 +291,7 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
         pair_idx = torch.tensor([i for i, _, _ in chunk])
         logits = _receiver_run(model, f, base_ids[pair_idx], pair_idx, chunk, recv, recorded,
                                norm, cols[pair_idx] if two else None)
-        got = measure(logits, pair_idx)
-        snd_idx, rcv_idx = torch.tensor([k for _, k, _ in chunk]), torch.tensor([j for _, _, j in chunk])
-        for m in metrics:
-            values[m][pair_idx, snd_idx, rcv_idx] = got[m].to(values[m].dtype).cpu()
+        store(pair_idx, torch.tensor([k for _, k, _ in chunk]), torch.tensor([j for _, _, j in chunk]), logits)
 
     k = len(send) // f.n_heads
     if len(recv) == 1 and [(s.kind, s.layer, s.head, s.positions) for s in send] == [
@@ -291,23 +301,14 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
     else:
         dims = ("sender", "receiver")
         labels = {"sender": [s.label for s in send], "receiver": [r.label for r in recv]}
-    shape = tuple(len(labels[d]) for d in dims)
+    clean_m, bad_m = ({m: v.cpu() for m, v in _metrics(x, pairs, clean_logits, torch.arange(n)).items()}
+                      for x in (clean_logits, bad_logits))
     result = PatchResult(site="path", direction=direction, dims=dims, labels=labels,
-                         values={m: v.reshape(n, *shape) for m, v in values.items()},
-                         clean=_metrics(clean_logits, pairs, clean_logits, torch.arange(n)),
-                         corrupted=_metrics(bad_logits, pairs, clean_logits, torch.arange(n)),
-                         prompts=pairs, model_name=f.name, method="batched", metric=metric)
+                         values={m: v.reshape(n, *(len(labels[d]) for d in dims)) for m, v in values.items()},
+                         clean=clean_m, corrupted=bad_m,
+                         prompts=pairs, model_name=f.name, method=method, metric=metric)
     result.remote, result.final_norm = False, final_norm
     return result
-
-
-def _metrics(logits: torch.Tensor, pairs: PromptPairs, clean_logits: torch.Tensor,
-             pair_idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every metric of last-position logits ``[rows, vocab]``; ``pair_idx`` ``[rows]``."""
-    a = pairs.answer_ids.to(logits.device)[pair_idx]
-    d = pairs.distractor_ids.to(logits.device)[pair_idx]
-    return {"logit_diff": logit_diff(logits, a, d).cpu(), "answer_prob": answer_prob(logits, a).cpu(),
-            "kl_to_clean": kl_to_clean(logits, clean_logits[pair_idx].to(logits.device)).cpu()}
 
 
 def _sender_run(model: Any, f: Any, ids: torch.Tensor, base: dict, src: dict,
@@ -323,8 +324,7 @@ def _sender_run(model: Any, f: Any, ids: torch.Tensor, base: dict, src: dict,
         emb = base[("embed", None)][pair_idx].clone()
         for r, s in enumerate(senders):
             if s.kind == "embed":
-                p = s.pos(seq)
-                emb[r, p] = src[("embed", None)][pair_idx[r], p]
+                emb[r, s.pos(seq)] = src[("embed", None)][pair_idx[r], s.pos(seq)]
         ops.append(("in", "set", f.block(model, 0), emb.to(device)))
     for layer in range(f.n_layers):
         z, mlp = base[("head", layer)][pair_idx].clone(), base[("mlp", layer)][pair_idx].clone()

@@ -18,11 +18,14 @@ import torch
 import helpers as H
 import reference_hooks as ref
 import reference_paths as rp
+from helpers.fastpatch import supports_fast_path
 from helpers.paths import path_patch
 from helpers.validate import json_text
+from helpers.metrics import METRICS
 from tiny_models import FAMILIES, save_random_model
 
 TOL = 1e-10
+METHODS = ("batched", "fast")
 
 
 @pytest.fixture(scope="module")
@@ -107,13 +110,15 @@ def _compare(family, model, plain, pairs, result, freeze=False):
 
 # --------------------------------------------------------------------------- the reference
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
-def test_every_receiver_kind_equals_the_plain_hooks_reference(setup, direction):
+def test_every_receiver_kind_equals_the_plain_hooks_reference(setup, direction, method):
     family, model, plain, pairs = setup
     senders = ["embed", "L0H1", "mlp0", "attn1", "L1H2@S2"]
     receivers = ["L2H0.q", _kv(family, 2, 1, "k"), _kv(family, 2, 0, "v"), "mlp2.in", "logits",
                  "L2H3.q@END"]
-    got = path_patch(model, pairs, senders, receivers, direction)
+    got = path_patch(model, pairs, senders, receivers, direction, method=method)
+    assert got.method == method
     assert got.dims == ("sender", "receiver") and got.values["logit_diff"].shape == (2, 5, 6)
     assert got.labels["sender"][-1] == "L1H2@S2" and got.labels["receiver"][-1] == "L2H3.q@END"
     assert _compare(family, model, plain, pairs, got) < TOL
@@ -121,19 +126,21 @@ def test_every_receiver_kind_equals_the_plain_hooks_reference(setup, direction):
     assert (got.values["logit_diff"] - _base(got)[:, None, None]).abs().max() > 1e-6
 
 
-def test_a_head_reaches_its_own_blocks_mlp_and_the_logits_as_the_reference_says(setup):
+@pytest.mark.parametrize("method", METHODS)
+def test_a_head_reaches_its_own_blocks_mlp_and_the_logits_as_the_reference_says(setup, method):
     family, model, plain, pairs = setup
     got = path_patch(model, pairs, ["L2H1", "attn2", "L1H0@S2"],
-                     ["mlp2.in@END", "logits"], "noise")
+                     ["mlp2.in@END", "logits"], "noise", method=method)
     assert _compare(family, model, plain, pairs, got) < TOL
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
-def test_the_frozen_final_norm_equals_the_reference(setup, direction):
+def test_the_frozen_final_norm_equals_the_reference(setup, direction, method):
     family, model, plain, pairs = setup
     got = path_patch(model, pairs, ["embed", "L1H3", "mlp1"], ["L2H2.q", "logits"], direction,
-                     final_norm="frozen")
-    assert got.final_norm == "frozen"
+                     final_norm="frozen", method=method)
+    assert got.final_norm == "frozen" and got.method == method
     assert _compare(family, model, plain, pairs, got, freeze=True) < TOL
 
 
@@ -237,7 +244,7 @@ def test_every_head_to_the_logits_is_a_layer_by_head_result_that_plots_and_saves
     pairs = H.ioi_pairs(bundled64.tokenizer, n=3, seed=1)
     r = path_patch(bundled64, pairs, "heads", "logits")
     f = H.model_facts(bundled64)
-    assert r.site == "path" and r.method == "batched" and r.dims == ("layer", "head")
+    assert r.site == "path" and r.method == "fast" and r.dims == ("layer", "head")
     assert r.values["logit_diff"].shape == (3, f.n_layers, f.n_heads)
     assert r.labels["layer"][0] == "L0" and r.labels["head"][-1] == f"H{f.n_heads - 1}"
     assert set(r.values) == {"logit_diff", "answer_prob", "kl_to_clean"}
@@ -265,18 +272,21 @@ def test_many_receivers_share_forward_passes_and_chunks_change_nothing(bundled64
         lambda *a: calls.append(1))
     try:
         args = (bundled64, pairs, ["L0H0", "mlp0", "attn1"], ["L2H0.q", "L2H1.k", "mlp3.in", "logits"])
-        one = path_patch(*args)
-        n_one = len(calls)
-        calls.clear()
-        many = path_patch(*args, batch_size=1)
-        n_many = len(calls)
+        runs = {}
+        for method in METHODS:
+            for size in (None, 1):
+                calls.clear()
+                runs[method, size] = path_patch(*args, method=method, batch_size=size), len(calls)
     finally:
         handle.remove()
-    # base + source caches, one sender run (6 rows), one receiver run (18 rows)
-    assert n_one == 4
-    assert n_many == 2 + 6 + 18
-    for m in one.values:
-        assert (one.values[m] - many.values[m]).abs().max() < TOL
+    # batched: base + source caches, one sender run (6 rows), one receiver run (18 rows)
+    assert runs["batched", None][1] == 4 and runs["batched", 1][1] == 2 + 6 + 18
+    # fast: the caches and the cached base run; no sender run, the receiver runs skip block 0
+    assert runs["fast", None][1] == runs["fast", 1][1] == 3
+    one = runs["batched", None][0]
+    for (method, size), (many, _) in runs.items():
+        for m in one.values:
+            assert (one.values[m] - many.values[m]).abs().max() < TOL
 
 
 # --------------------------------------------------------------------------- bad input
@@ -322,10 +332,25 @@ def test_grouped_query_keys_are_named_by_their_key_value_head(random_models):
     assert r.labels["receiver"] == ["L2KV1.k", "L2H3.q"]
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_grouped_query_key_value_heads_equal_the_reference(random_models, method):
+    from transformers import AutoModelForCausalLM
+
+    model = H.load_model(random_models["llama"], dtype="float64")
+    plain = AutoModelForCausalLM.from_pretrained(random_models["llama"], dtype=torch.float64,
+                                                 attn_implementation="eager").eval()
+    pairs = H.ioi_pairs(model.tokenizer, n=2, seed=3)
+    got = path_patch(model, pairs, ["L0H0", "L1H3@S2", "mlp0", "embed"],
+                     ["L2KV0.k", "L2KV1.k@S2,END", "L2KV0.v@END", "L2KV1.v"], method=method)
+    assert got.method == method
+    assert _compare("llama", model, plain, pairs, got) < TOL
+
+
 # --------------------------------------------------------------------------- every family
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_family_equals_the_reference_on_each_receiver_kind(tmp_path, family):
+def test_every_family_equals_the_reference_on_each_receiver_kind(tmp_path, family, method):
     """Tiny 2-block models of every family (bundled tokenizer), both final norms.  GPT-NeoX's
     parallel residual has no path from a block's heads to its own MLP: refused."""
     from transformers import AutoModelForCausalLM
@@ -339,11 +364,40 @@ def test_every_family_equals_the_reference_on_each_receiver_kind(tmp_path, famil
     for norm in ("live", "frozen"):
         got = path_patch(model, pairs, ["embed", "L0H1@S2", "mlp0"],
                          ["L1H0.q@END", f"L1{kv}1.k", f"L1{kv}0.v", "mlp1.in", "logits"], "noise",
-                         final_norm=norm)
+                         final_norm=norm, method=method)
+        # families (and sliding windows shorter than the prompt) without the fast path run batched
+        assert got.method == (method if supports_fast_path(model, pairs.seq_len) else "batched")
+        assert family not in ("gpt_neox", "gemma2", "gemma3") or got.method == "batched"
         assert _compare(family, model, plain, pairs, got, freeze=norm == "frozen") < TOL
     if family == "gpt_neox":
         with pytest.raises(ValueError, match=r"not with this model's parallel residual"):
-            path_patch(model, pairs, ["L1H1"], ["mlp1.in"])
+            path_patch(model, pairs, ["L1H1"], ["mlp1.in"], method=method)
     else:
-        got = path_patch(model, pairs, ["L1H1"], ["mlp1.in"])
+        got = path_patch(model, pairs, ["L1H1"], ["mlp1.in"], method=method)
         assert _compare(family, model, plain, pairs, got) < TOL
+
+
+# --------------------------------------------------------------------------- fast = batched
+
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+def test_fast_equals_batched_for_every_head_and_every_component(random_models, which):
+    """Every head / every component into q, k/v, MLP inputs and the logits, at restricted
+    positions, both final norms: the fast method (no sender forward pass) equals the batched one."""
+    model = H.load_model(random_models[which], dtype="float64")
+    pairs = H.ioi_pairs(model.tokenizer, n=2, seed=3)
+    assert supports_fast_path(model, pairs.seq_len)
+    receivers = ["L2H1.q@END", _kv(which, 2, 1, "k") + "@S2", _kv(which, 2, 0, "v"), "mlp2.in@S2,END",
+                 "L2H3.q", "logits"]
+    for senders, norm, metrics in (("heads", "live", ("logit_diff",)), ("all", "frozen", METRICS),
+                                   ("all", "live", ("logit_diff",))):
+        got = {m: path_patch(model, pairs, senders, receivers, "noise", final_norm=norm, method=m,
+                             metrics=metrics) for m in METHODS}
+        assert got["fast"].method == "fast" and got["batched"].method == "batched"
+        assert got["fast"].labels == got["batched"].labels
+        for m in metrics:
+            assert (got["fast"].values[m] - got["batched"].values[m]).abs().max() < TOL
+        assert (got["fast"].values["logit_diff"] - _base(got["fast"])[:, None, None]).abs().max() > 1e-6
+    one = {m: path_patch(model, pairs, "heads", "L2H0.q@END", batch_size=3, method=m) for m in METHODS}
+    assert one["fast"].dims == ("layer", "head")
+    for m in one["fast"].values:
+        assert (one["fast"].values[m] - one["batched"].values[m]).abs().max() < TOL
