@@ -11,9 +11,12 @@ One module per concern:
 * ``helpers.runs``      - ``Patch``, cached and patched traced runs
 * ``helpers.results``   - ``PatchResult``: tables and JSON
 * ``helpers.stats``     - per-cell statistics: bootstrap intervals, sign-flip p-values, Holm/BH
-* ``helpers.paths``     - path patching: sender -> receiver (Wang et al.), exact, batched
+* ``helpers.paths``     - path patching: sender -> receiver (Wang et al.), exact, fast or batched
+* ``helpers.fastpaths`` - the exact fast path-patching method (no sender forward pass)
 * ``helpers.ablations`` - zero / mean / resample ablations and attention knockout
 * ``helpers.faithfulness`` - a circuit's faithfulness, completeness and minimality
+* ``helpers.ioi_circuit`` - IOI head classes with numeric criteria, the staged search
+* ``helpers.readouts``  - attention along the IOI routes, direct logit attribution, the backup test
 * ``helpers.prompts``   - IOI templates, roles and corruptions
 * ``helpers.metrics``   - logit difference, probability, KL, normalised score
 * ``helpers.patching``  - the sweeps (denoising / noising)
@@ -32,7 +35,7 @@ One module per concern:
 * ``helpers.figures``   - each chapter's own figures
 * ``helpers.diagrams``  - flow charts and circuit diagrams drawn as images
 """
-from helpers import checks, diagrams, explain, figures, fmt, notebook, remote, stats
+from helpers import checks, diagrams, explain, figures, fmt, ioi_circuit, notebook, remote, stats
 from helpers.attribution import attribution_patching
 from helpers.behaviours import REFUSAL, BinaryTask, binary_pairs
 from helpers.circuits import CircuitSearch, minimal_circuit

@@ -222,6 +222,11 @@ def _rules() -> dict[str, tuple[str, Any, str]]:
         "remote": ("False (run here), True (run on NDIF) or 'local' (here, through nnsight's "
                    "dry run of the remote protocol)", one_of((False, True, "local")),
                    "-p remote False"),
+        "n_prompts": ("a whole number >= 2", integer(2), "-p n_prompts 150"),
+        "min_attention": ("a number between 0 and 1", lambda v: number(v) or (None if 0 < v <= 1 else "out of range"),
+                          "-p min_attention 0.3"),
+        "min_share": ("a number between 0 and 1", lambda v: number(v) or (None if 0 < v <= 1 else "out of range"),
+                      "-p min_share 0.05"),
         "threshold": ("a number between 0 and 2", lambda v: number(v) or (None if 0 < v <= 2 else "out of range"),
                       "-p threshold 0.8"),
     }

@@ -16,7 +16,7 @@ from helpers.runs import locate_non_finite
 from helpers.prompts import IOIPrompt, PromptError, single_token_id, token_ids
 from helpers.validate import as_count, check_finite, check_ids, norm_index
 
-__all__ = ["encode", "top_predictions", "ioi_accuracy", "IOIAccuracy", "attention_patterns",
+__all__ = ["encode", "top_predictions", "ioi_accuracy", "ioi_per_prompt", "IOIAccuracy", "attention_patterns",
            "last_logits"]
 
 
@@ -68,6 +68,16 @@ class IOIAccuracy:
 
 def ioi_accuracy(model: Any, prompts: Sequence[IOIPrompt], batch_size: int = 64) -> IOIAccuracy:
     """Evaluate IOI prompts of any lengths (grouped by length, no padding)."""
+    per = ioi_per_prompt(model, prompts, batch_size)
+    h, d = per["top1"], per["logit_diff"]
+    sem = (d.std() / len(d) ** 0.5).item() if len(d) > 1 else 0.0
+    return IOIAccuracy(len(d), h.mean().item(), d.mean().item(), sem)
+
+
+def ioi_per_prompt(model: Any, prompts: Sequence[IOIPrompt], batch_size: int = 64
+                   ) -> dict[str, torch.Tensor]:
+    """Per prompt (float64, ``[n]``, in the order given): ``top1`` (1.0 when IO is the most likely
+    next token), ``io_over_s`` (1.0 when IO's logit beats S's) and ``logit_diff`` (IO - S)."""
     tok = model.tokenizer
     batch_size = as_count(batch_size, "batch_size")
     if isinstance(prompts, IOIPrompt):
@@ -75,26 +85,25 @@ def ioi_accuracy(model: Any, prompts: Sequence[IOIPrompt], batch_size: int = 64)
     if not prompts:
         raise PromptError("no prompts to evaluate: give a non-empty list (e.g. "
                           "helpers.random_ioi_prompts(100))")
-    groups: dict[int, list[tuple[list[int], int, int]]] = {}
-    for p in prompts:
+    groups: dict[int, list[tuple[int, list[int], int, int]]] = {}
+    for i, p in enumerate(prompts):
         if not isinstance(p, IOIPrompt):
             raise PromptError(f"ioi_accuracy takes IOIPrompt objects (helpers.random_ioi_prompts), "
                               f"got {type(p).__name__}")
         ids = token_ids(tok, p.text)
-        groups.setdefault(len(ids), []).append((ids, single_token_id(tok, p.io),
+        groups.setdefault(len(ids), []).append((i, ids, single_token_id(tok, p.io),
                                                 single_token_id(tok, p.s)))
-    hits, diffs = [], []
+    top1, diff = torch.zeros(len(prompts), dtype=torch.float64), torch.zeros(len(prompts), dtype=torch.float64)
     for items in groups.values():
         for j in range(0, len(items), batch_size):
             chunk = items[j: j + batch_size]
-            logits = last_logits(model, torch.tensor([c[0] for c in chunk]))
-            io = torch.tensor([c[1] for c in chunk], device=logits.device)
-            s = torch.tensor([c[2] for c in chunk], device=logits.device)
-            hits.append(logits.argmax(-1) == io)
-            diffs.append(logit_diff(logits, io, s))
-    h, d = torch.cat(hits).double(), torch.cat(diffs).double()
-    sem = (d.std() / len(d) ** 0.5).item() if len(d) > 1 else 0.0
-    return IOIAccuracy(len(d), h.mean().item(), d.mean().item(), sem)
+            logits = last_logits(model, torch.tensor([c[1] for c in chunk]))
+            io = torch.tensor([c[2] for c in chunk], device=logits.device)
+            s = torch.tensor([c[3] for c in chunk], device=logits.device)
+            rows = torch.tensor([c[0] for c in chunk])
+            top1[rows] = (logits.argmax(-1) == io).double().cpu()
+            diff[rows] = logit_diff(logits, io, s).double().cpu()
+    return {"top1": top1, "io_over_s": (diff > 0).double(), "logit_diff": diff}
 
 
 def attention_patterns(model: Any, ids: torch.Tensor, layer: int) -> torch.Tensor:

@@ -116,9 +116,24 @@ def pytest_collection_modifyitems(config, items):
     notebook must go to the same worker. ``scripts/test.sh`` uses ``--dist loadgroup``; this
     conftest is loaded whenever a notebook is collected, and
     gives each notebook's cells an ``xdist_group`` named after the notebook (it must run before
-    xdist's own hook, hence ``tryfirst``). nbval cells are also marked ``notebooks``.
+    xdist's own hook, hence ``tryfirst``). nbval cells are also marked ``notebooks``, and
+    ``slow`` for a chapter whose default model is the real SmolLM2 (about five minutes a run),
+    so the fast tier stays a few minutes; the full suite (CI) checks its stored outputs.
     """
+    real: dict = {}
     for item in items:
         if type(item).__module__.startswith("nbval"):
             item.add_marker(pytest.mark.notebooks)
             item.add_marker(pytest.mark.xdist_group(f"nbval:{item.path.name}"))
+            if item.path not in real:
+                real[item.path] = '"smollm2-135m"' in _parameters_source(item.path)
+            if real[item.path]:
+                item.add_marker(pytest.mark.slow)
+
+
+def _parameters_source(path) -> str:
+    """The source of a notebook's ``parameters`` cell ("" if it has none)."""
+    import nbformat
+
+    cells = nbformat.read(path, as_version=4).cells
+    return next((c.source for c in cells if "parameters" in c.metadata.get("tags", [])), "")

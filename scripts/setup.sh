@@ -27,10 +27,18 @@ say() { echo "[setup] $*"; }
 
 layout() { find helpers -name __init__.py 2>/dev/null | LC_ALL=C sort | tr '\n' ' '; }
 
+# Chapter 10 runs on SmolLM2-135M: convert its GGUF once (about a minute; milliseconds when the
+# cache is current) into PATCHLAB_CACHE or ~/.cache/patchlab, so that no notebook converts (and
+# prints) in the middle of a run.
+convert_smollm2() {
+    "$VPY" -c 'from helpers import gguf_models; gguf_models.prepare("smollm2-135m", progress=lambda m: print("[setup]", m))'
+}
+
 if [[ "${PATCHLAB_FORCE_SETUP:-0}" != "1" && -x "$VPY" && -f "$STAMP" \
       && "$STAMP" -nt pyproject.toml && "$STAMP" -nt constraints.txt \
       && "$(cat "$STAMP")" == "layout: $(layout)" ]]; then
-    say "$VENV is up to date (stamp newer than pyproject.toml and constraints.txt); nothing to do."
+    say "$VENV is up to date (stamp newer than pyproject.toml and constraints.txt); nothing to install."
+    convert_smollm2
     exit 0
 fi
 
@@ -63,5 +71,6 @@ names = ["patchlab", "torch", "nnsight", "transformers", "nbval", "papermill", "
 print("[setup] " + ", ".join(f"{n} {md.version(n)}" for n in names))
 PY
 
+convert_smollm2
 echo "layout: $(layout)" > "$STAMP"
 say "done in $((SECONDS - start)) s. Activate with: source .venv/bin/activate"

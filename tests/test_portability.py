@@ -60,7 +60,19 @@ def _texts(path: Path) -> list[str]:
     return texts
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def _on_bundled_model(nb: Path) -> bool:
+    import nbformat
+
+    cell = next(c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    return '"smollm2-135m"' not in cell.source
+
+
+#: Chapter 10 (SmolLM2, ~5 minutes a run) is not run twice more here: its stored text is already
+#: compared with two fresh runs, by nbval and by the portable-kernel nbval above.
+TWICE = [nb for nb in NOTEBOOKS if _on_bundled_model(nb)]
+
+
+@pytest.mark.parametrize("nb", TWICE, ids=[p.stem for p in TWICE])
 def test_a_notebook_prints_the_same_text_twice(nb, monkeypatch):
     for name, value in {"PATCHLAB_PROGRESS": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():

@@ -447,7 +447,10 @@ def test_attention_without_weights_is_reported_through_the_remote_path(llama_dir
 
 CHAPTERS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 #: chapters that stop, with this error, at a helper that does not run on remote models yet
-LOCAL_ONLY = {"09": "path patching runs on a local model only for now"}
+LOCAL_ONLY = {"09": "path patching runs on a local model only for now",
+              "10": "run on a local model only for now"}
+#: chapters whose default model is not bundled run this test on the bundled ioi-tiny
+MODEL = {"10": "ioi-tiny"}
 
 
 def _run_chapter(path: Path, overrides: dict) -> dict:
@@ -478,6 +481,8 @@ def test_every_chapter_runs_as_ndif_would_with_remote_local(path, strict, tmp_pa
     its hand-written nnsight included, is served like an NDIF request with helpers hidden, and
     the chapter still reaches its results file (which records the parameter)."""
     overrides = {"remote": "local", "n_pairs": 4, "show_widgets": False, "output_dir": str(tmp_path)}
+    if path.stem[:2] in MODEL:
+        overrides["model_name"] = MODEL[path.stem[:2]]
     if path.stem[:2] in LOCAL_ONLY:   # its hand-written traces run remotely; then the clear refusal
         with pytest.raises(ValueError, match=LOCAL_ONLY[path.stem[:2]]):
             _run_chapter(path, overrides)
