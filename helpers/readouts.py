@@ -57,13 +57,11 @@ def _ablation_means(model: Any, pairs: PromptPairs, ablate: Sequence[str]) -> di
 
     f = model_facts(model)
     source = ablation_source(model, pairs, list(ablate), "mean")
-    out: dict[int, tuple] = {}
+    cols: dict[int, list[int]] = {}  # layer -> the ablated heads' columns
     for name in ablate:
         layer, head = parse_head(name)
-        cols = torch.arange(head * f.d_head, (head + 1) * f.d_head)
-        prev = out.get(layer, (torch.empty(0, dtype=torch.long), None))[0]
-        out[layer] = (torch.cat([prev, cols]), None)
-    return {layer: (cols, source[("head", layer)][0][:, cols]) for layer, (cols, _) in out.items()}
+        cols.setdefault(layer, []).extend(range(head * f.d_head, (head + 1) * f.d_head))
+    return {layer: (torch.tensor(c), source[("head", layer)][0][:, c]) for layer, c in cols.items()}
 
 
 def _run(model: Any, pairs: PromptPairs, ablate: Sequence[str], ids: torch.Tensor | None = None,
