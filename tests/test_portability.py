@@ -29,9 +29,11 @@ def test_the_cpu_proxy_really_switches_torch_to_its_portable_kernels():
     assert out == "DEFAULT"
 
 
-def test_stored_outputs_hold_with_portable_cpu_kernels():
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_stored_outputs_hold_with_portable_cpu_kernels(nb):
+    """One notebook per test, so the test workers share them (chapter 10 alone takes minutes)."""
     cmd = [sys.executable, "-m", "pytest", "-p", "no:xdist", "-q", "--nbval", "--nbval-current-env",
-           "--rootdir", str(REPO), *map(str, NOTEBOOKS)]
+           "--rootdir", str(REPO), str(nb)]
     sanitize = REPO / "tests" / "nbval_sanitize.cfg"
     if sanitize.exists():
         cmd += ["--nbval-sanitize-with", str(sanitize)]
