@@ -54,12 +54,21 @@ Peak memory: every fast/batched/attribution row is re-run once in its own child 
 whose maximum resident set (the model loaded included) is reported.
 
 ``--tl-python PATH`` runs TransformerLens's ``patching`` module (``get_act_patch_resid_pre``,
-``get_act_patch_attn_head_out_all_pos``) in that Python on the same weights, next to the same
-hooks loop run in that process, and reports its ratio to the loop per patch (TransformerLens's
-residual sweep has n_layers rows, not n_layers + 1).  The config is built by hand
-(``HookedTransformerConfig``), so no hub is contacted.  TransformerLens is not a dependency of
-this project and is not installed here: that code path is UNTESTED here; it exits with a clear
-error if the given Python cannot import ``transformer_lens``.  GPT-2 shapes only.
+``get_act_patch_attn_head_out_all_pos``, logit difference at the last position) in that Python
+on the same weights, next to the same hooks loop run in that process (all without autograd), and
+reports its ratio to the loop per patch.  No hub is contacted: TransformerLens 4.x (run with 4.3.0,
+torch 2.13 CPU, transformers 5.25) has no ``HookedTransformer``, so the row boots a
+``TransformerBridge`` from the saved model directory (``boot_transformers(model_dir)``, its own
+copy of the HF model, eager attention) and calls ``enable_compatibility_mode(no_processing=True)``
+for the legacy hook names and shapes WITHOUT weight processing (no layer-norm folding or
+centering: the bridge computes what the HF model computes); 2.x / 3.x get a ``HookedTransformer``
+built by hand (``HookedTransformerConfig``, ``convert_gpt2_weights``, nothing folded), a path not
+run here.  Checked in the run: TL's logits vs the HF model's, and both sweeps vs the hooks loop's
+logit differences, as max abs differences (float32; ~1e-6 with 4.3.0).  TL's ``resid_pre`` L is
+the input of block L, so its n_layers rows are the reference's ``embed`` sweep (row 0, untimed)
+then its ``resid`` rows 0 .. n_layers-2 (block outputs); the timed hooks ``resid`` sweep also has
+n_layers x seq patches.  TransformerLens is not a dependency of this project; the row exits with a
+clear error if the given Python cannot import ``transformer_lens``.  GPT-2 shapes only.
 
 Results: printed as a markdown table and written to outputs/benchmarks/sweeps-<model>.json.
 """
@@ -343,11 +352,10 @@ def profile_child(model_dir: str) -> str:
 # --------------------------------------------------------------------------- TransformerLens
 
 TL_SCRIPT = r'''
-import json, sys, time, statistics, importlib.util
+import json, sys, time, statistics, importlib.metadata, importlib.util
 model_dir, ref_path, prompt, repeats = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 try:
-    import transformer_lens
-    from transformer_lens import HookedTransformer, HookedTransformerConfig, patching
+    from transformer_lens import patching
 except ImportError as err:
     sys.exit(f"this Python ({sys.executable}) cannot import transformer_lens: {err}. "
              "Give --tl-python a Python with TransformerLens installed.")
@@ -359,47 +367,65 @@ tok = AutoTokenizer.from_pretrained(model_dir)
 c = hf.config
 if c.model_type != "gpt2":
     sys.exit("the TransformerLens row supports GPT-2 shapes only")
-cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head,
-                              d_head=c.n_embd // c.n_head, d_mlp=4 * c.n_embd, n_ctx=c.n_positions,
-                              d_vocab=c.vocab_size, act_fn="gelu_new", normalization_type="LN",
-                              positional_embedding_type="standard", eps=c.layer_norm_epsilon,
-                              original_architecture="GPT2LMHeadModel", default_prepend_bos=False,
-                              device="cpu", dtype=torch.float32)
-try:
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-except ImportError:
-    from transformer_lens.loading_from_pretrained import convert_gpt2_weights
-model = HookedTransformer(cfg)
-model.load_and_process_state_dict(convert_gpt2_weights(hf, cfg), fold_ln=False,
-                                  center_writing_weights=False, center_unembed=False,
-                                  fold_value_biases=False, refactor_factored_attn_matrices=False)
+try:  # TransformerLens 2.x / 3.x: a HookedTransformer built by hand, weights not folded
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+except ImportError:  # 4.x removed it: the bridge, booted from the local directory
+    from transformer_lens.model_bridge import TransformerBridge
+    model = TransformerBridge.boot_transformers(model_dir, device="cpu", dtype=torch.float32,
+                                                tokenizer=tok)
+    # legacy hook names and shapes (hook_z [batch, pos, head, d_head]), weights left as they are
+    model.enable_compatibility_mode(no_processing=True, disable_warnings=True)
+    built = "TransformerBridge, compatibility mode without weight processing"
+else:
+    cfg = HookedTransformerConfig(n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head,
+                                  d_head=c.n_embd // c.n_head, d_mlp=4 * c.n_embd, n_ctx=c.n_positions,
+                                  d_vocab=c.vocab_size, act_fn="gelu_new", normalization_type="LN",
+                                  positional_embedding_type="standard", eps=c.layer_norm_epsilon,
+                                  original_architecture="GPT2LMHeadModel", default_prepend_bos=False,
+                                  device="cpu", dtype=torch.float32)
+    try:
+        from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+    except ImportError:
+        from transformer_lens.loading_from_pretrained import convert_gpt2_weights
+    model = HookedTransformer(cfg)
+    model.load_and_process_state_dict(convert_gpt2_weights(hf, cfg), fold_ln=False,
+                                      center_writing_weights=False, center_unembed=False,
+                                      fold_value_biases=False, refactor_factored_attn_matrices=False)
+    built = "HookedTransformer, weights not folded"
 model.eval()
 spec = importlib.util.spec_from_file_location("reference_hooks", ref_path)
 ref = importlib.util.module_from_spec(spec); spec.loader.exec_module(ref)
-words = prompt.split(" ")
 corrupted = tok(prompt, return_tensors="pt").input_ids
-clean_prompt = prompt.replace(" Mary gave", " John gave")
-clean = tok(clean_prompt, return_tensors="pt").input_ids
+clean = tok(prompt.replace(" Mary gave", " John gave"), return_tensors="pt").input_ids
 answer, distractor = tok(" John").input_ids[0], tok(" Mary").input_ids[0]
-with torch.no_grad():
-    tl_logits = model(corrupted)[0, -1]
-    hf_logits = hf(corrupted).logits[0, -1]
-same_weights = float((tl_logits - hf_logits).abs().max())
-_, clean_cache = model.run_with_cache(clean)
 metric = lambda logits: logits[0, -1, answer] - logits[0, -1, distractor]
+ld = lambda ref_logits: (ref_logits[..., answer] - ref_logits[..., distractor]).squeeze(-1)  # drop batch 1
 times = {"tl_resid": [], "tl_heads": [], "hooks_resid": [], "hooks_heads": []}
-for _ in range(repeats):
-    t = time.perf_counter(); patching.get_act_patch_resid_pre(model, corrupted, clean_cache, metric)
-    times["tl_resid"].append(time.perf_counter() - t)
-    t = time.perf_counter(); patching.get_act_patch_attn_head_out_all_pos(model, corrupted, clean_cache, metric)
-    times["tl_heads"].append(time.perf_counter() - t)
-    with torch.no_grad():
-        t = time.perf_counter(); ref.sweep(hf, "gpt2", corrupted, clean, "resid")
-        times["hooks_resid"].append(time.perf_counter() - t)
-        t = time.perf_counter(); ref.sweep(hf, "gpt2", corrupted, clean, "head", per_position=False)
-        times["hooks_heads"].append(time.perf_counter() - t)
+
+
+def timed(key, fn):
+    t = time.perf_counter(); out = fn(); times[key].append(time.perf_counter() - t)
+    return out
+
+
+with torch.no_grad():  # all runs without autograd, as the hooks loop
+    same_weights = float((model(corrupted)[0, -1] - hf(corrupted).logits[0, -1]).abs().max())
+    _, clean_cache = model.run_with_cache(clean)
+    tl_args = (model, corrupted, clean_cache, metric)
+    for _ in range(repeats):
+        tl_resid = timed("tl_resid", lambda: patching.get_act_patch_resid_pre(*tl_args))
+        tl_heads = timed("tl_heads", lambda: patching.get_act_patch_attn_head_out_all_pos(*tl_args))
+        hooks_resid = ld(timed("hooks_resid", lambda: ref.sweep(hf, "gpt2", corrupted, clean, "resid")))
+        hooks_heads = ld(timed("hooks_heads", lambda: ref.sweep(hf, "gpt2", corrupted, clean, "head",
+                                                                per_position=False)))
+    # TL's resid_pre L is the input of block L: the embeddings for L = 0, else reference resid L - 1
+    hooks_pre = torch.cat([ld(ref.sweep(hf, "gpt2", corrupted, clean, "embed"))[None], hooks_resid[:-1]])
+assert tl_resid.shape == hooks_pre.shape and tl_heads.shape == hooks_heads.shape
 seq, n, h = corrupted.shape[1], c.n_layer, c.n_head
-print(json.dumps({"version": getattr(transformer_lens, "__version__", "?"), "same_weights_max_diff": same_weights,
+print(json.dumps({"version": importlib.metadata.version("transformer_lens"), "model": built,
+                  "same_weights_max_diff": same_weights,
+                  "resid_max_diff_vs_hooks": float((tl_resid - hooks_pre).abs().max()),
+                  "heads_max_diff_vs_hooks": float((tl_heads - hooks_heads).abs().max()),
                   "seconds": {k: statistics.median(v) for k, v in times.items()},
                   "patches": {"tl_resid": n * seq, "tl_heads": n * h, "hooks_resid": n * seq, "hooks_heads": n * h}}))
 '''
@@ -522,9 +548,10 @@ def main() -> int:
         s, n = tl["seconds"], tl["patches"]
         for which in ("resid", "heads"):
             ratio = (s[f"hooks_{which}"] / n[f"hooks_{which}"]) / (s[f"tl_{which}"] / n[f"tl_{which}"])
-            print(f"| {NAMES[which]} | TransformerLens {tl['version']} patching (its own process, "
-                  f"per patch) | {s[f'tl_{which}']:.2f} | {ratio:.2f}x | - | - | weights max diff "
-                  f"{tl['same_weights_max_diff']:.1e} |")
+            print(f"| {NAMES[which]} ({n[f'tl_{which}']} patches) | TransformerLens {tl['version']} "
+                  f"patching ({tl['model']}; its own process, per patch) | {s[f'tl_{which}']:.2f} | "
+                  f"{ratio:.2f}x | - | - | {tl[f'{which}_max_diff_vs_hooks']:.1e} (logit diff; TL vs HF logits "
+                  f"{tl['same_weights_max_diff']:.1e}) |")
     if profile_text:
         print(profile_text)
     out = ROOT / "outputs" / "benchmarks" / f"sweeps-{'quick' if args.quick else args.model}.json"

@@ -57,8 +57,10 @@ def activations_and_gradients(model: Any, pairs: PromptPairs, ids: torch.Tensor,
     answers, distractors = pairs.answer_ids.cpu(), pairs.distractor_ids.cpu()
     # The body calls nothing from helpers and keeps only what it saves (it also runs on NDIF):
     # the summed logit difference and its gradients are computed inside it.
+    # logits_to_keep=1: only the last position's logits, the only ones the metric reads (the
+    # unembedding of every position would double the cost of the forward and backward passes)
     with torch.set_grad_enabled(with_grad), model.trace(ids.to(input_device(model)), use_cache=False,
-                                                        **remote_kwargs(model)):
+                                                        logits_to_keep=1, **remote_kwargs(model)):
         emb = first.input.detach().clone()
         if with_grad:
             emb.requires_grad_(True)

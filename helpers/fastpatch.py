@@ -32,22 +32,25 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Sequence
 
+import nnsight
 import torch
 
 from helpers.anatomy import ModelAnatomy
 from helpers.models import hf_model, model_facts
 
-__all__ = ["BaseCache", "cache_base_run", "run_patch_sets", "run_rows", "supports_fast_path"]
+__all__ = ["BaseCache", "cache_runs", "run_patch_sets", "run_rows", "supports_fast_path"]
 
 
 class BaseCache:
     """The unpatched run's residual stream before every block ``[N, n_layers + 1, seq, d_model]``
     (the last row is the final block's output), its keys and values
-    ``[N, n_layers, n_kv_heads, seq, d_head]`` and its last-position logits ``[N, vocab]``."""
+    ``[N, n_layers, n_kv_heads, seq, d_head]``, every block's attention output before the output
+    projection ``z`` ``[N, n_layers, seq, n_heads * d_head]`` and its last-position logits
+    ``[N, vocab]``."""
 
     def __init__(self, resid: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                 logits: torch.Tensor):
-        self.resid, self.keys, self.values, self.logits = resid, keys, values, logits
+                 z: torch.Tensor, logits: torch.Tensor):
+        self.resid, self.keys, self.values, self.z, self.logits = resid, keys, values, z, logits
 
 
 def supports_fast_path(model: Any, seq: int | None = None) -> bool:
@@ -159,27 +162,49 @@ class _Blocks:
         return self.f.logits(out + unembed.bias[columns] if unembed.bias is not None else out)
 
 
-def cache_base_run(model: Any, ids: torch.Tensor) -> BaseCache:
-    """One traced forward of ``ids`` ``[N, seq]`` keeping every block's input; the keys and
-    values are then computed from them with the same arithmetic the patched runs use."""
+def cache_runs(model: Any, base_ids: torch.Tensor, source_ids: torch.Tensor | None = None,
+               sites: Sequence[tuple[str, int | None]] = ()) -> tuple[BaseCache, dict, torch.Tensor | None]:
+    """One traced forward of the base prompts ``base_ids`` ``[N, seq]`` and, in the same batch,
+    the source prompts ``source_ids``: the base run's ``BaseCache``, and the source run's
+    activations at ``sites`` (non-negative layers) with its last-position logits ``[N, vocab]``
+    as ``helpers.runs.cache_activations`` returns them (``{}, None`` without a source).  The
+    keys and values are computed from the block inputs with the arithmetic the patched runs use."""
     f = model_facts(model)
-    resid = []
+    n, seq = base_ids.shape
+    ids = base_ids if source_ids is None else torch.cat([base_ids, source_ids.to(base_ids.device)])
+    outputs = {}  # layer -> [(key, module, kind)]: attention / MLP outputs only the source needs
+    for key in sorted({k for k in sites if k[0] in ("attn", "mlp")}, key=lambda k: f.order(*k)):
+        outputs.setdefault(key[1], []).append((key, *f.site(model, *key)))
+    mods = [(f.block(model, layer), f.o_proj(model, layer), outputs.get(layer, ()))
+            for layer in range(f.n_layers)]
+    resid, z = [], []
     with torch.no_grad(), model.trace(ids.to(f.device), logits_to_keep=1, use_cache=False):
-        for layer in range(f.n_layers):
-            resid.append(f.block(model, layer).input.clone().save())
-        resid.append(f.block(model, f.n_layers - 1).output.clone().save())
+        read = nnsight.save({})
+        for block, o_proj, outs in mods:
+            resid.append(block.input.clone().save())
+            z.append(o_proj.input.clone().save())
+            for key, mod, kind in outs:
+                read[key] = (mod.output[0] if kind == "output0" else mod.output).clone()
+        resid.append(mods[-1][0].output.clone().save())
         logits = f.unembed(model).output[:, -1].clone().save()
-    logits = f.logits(logits)
+    logits, resid, z = f.logits(logits), torch.stack(resid, 1), torch.stack(z, 1)
     blocks = _Blocks(hf_model(model), f)
-    n, seq = ids.shape
-    positions = torch.arange(seq, device=resid[0].device).repeat(n)
+    positions = torch.arange(seq, device=resid.device).repeat(n)
     keys, values = [], []
     with torch.no_grad():
         for layer in range(f.n_layers):
-            _, k, v = blocks.qkv(layer, resid[layer].reshape(n * seq, -1), positions)
+            _, k, v = blocks.qkv(layer, resid[:n, layer].reshape(n * seq, -1), positions)
             keys.append(k.view(n, seq, f.n_kv_heads, f.d_head).transpose(1, 2))
             values.append(v.view(n, seq, f.n_kv_heads, f.d_head).transpose(1, 2))
-    return BaseCache(torch.stack(resid, 1), torch.stack(keys, 1), torch.stack(values, 1), logits)
+    base = BaseCache(resid[:n], torch.stack(keys, 1), torch.stack(values, 1), z[:n], logits[:n])
+    if source_ids is None:
+        return base, {}, None
+    source = {key: read[key][n:] for key in read}
+    for site, layer in sites:
+        if site in ("embed", "resid", "head"):
+            source[(site, layer)] = (z[n:, layer] if site == "head" else
+                                     resid[n:, 0 if site == "embed" else layer + 1])
+    return base, source, logits[n:]
 
 
 def _stream_index(site: str, layer: int | None) -> int:
@@ -198,10 +223,12 @@ def run_patch_sets(model: Any, base: BaseCache, source: dict[tuple[str, int | No
 
     Patches must have non-negative indices (``helpers.runs.normalise_patch``).  Patches at
     positions before ``first_difference`` are dropped: the source and base activations
-    there are identical.  Every set must keep at least one patch.
+    there are identical.  Every set must keep at least one patch.  A set whose first block
+    is patched only after its attention (heads, attention or MLP outputs) starts from the
+    base run's attention output there.
     """
     seq = base.resid.shape[2]
-    starts_l, starts_p, plans = [], [], []
+    starts_l, starts_p, plans, after = [], [], [], []
     for patches in patch_sets:
         plan = []  # (site, layer, positions >= first_difference, head)
         for p in patches:
@@ -215,24 +242,31 @@ def run_patch_sets(model: Any, base: BaseCache, source: dict[tuple[str, int | No
         plans.append(plan)
         starts_l.append(min(_stream_index(site, layer) for site, layer, _, _ in plan))
         starts_p.append(min(min(qs) for _, _, qs, _ in plan))
-    return run_rows(model, base, source, plans, starts_l, starts_p, pair_of_row, columns)
+        after.append(all(site not in ("embed", "resid") or _stream_index(site, layer) > starts_l[-1]
+                         for site, layer, _, _ in plan))
+    return run_rows(model, base, source, plans, starts_l, starts_p, pair_of_row, columns,
+                    after_attention=after)
 
 
 def run_rows(model: Any, base: BaseCache, source: dict, plans: list, starts_l: list[int],
              starts_p: list[int], pair_of_row: torch.Tensor, columns: torch.Tensor | None = None,
-             inputs: dict | None = None, final_norm: Callable | None = None) -> torch.Tensor:
+             inputs: dict | None = None, final_norm: Callable | None = None,
+             after_attention: Sequence[bool] | None = None) -> torch.Tensor:
     """Last-position logits ``[rows, vocab]`` (or of ``columns`` ``[rows, k]``) of rows that start
     at the stream before block ``starts_l[r]`` and position ``starts_p[r]``: ``plans[r]`` holds
     (site, layer, positions, head) patches from ``source``, ``inputs`` per-row values for the
     blocks' inputs: ``{(kind, layer): [(row, positions, head | None, values [len(positions),
     width])]}``, kind ``"q"`` / ``"k"`` / ``"v"`` (a query head's / a key/value head's
     ``d_head`` columns, before rotary positions) or ``"mlp_in"`` (the MLP's input, after its
-    norm).  ``final_norm(stream [rows, d_model], pair [rows])`` replaces the final norm."""
+    norm).  ``final_norm(stream [rows, d_model], pair [rows])`` replaces the final norm.
+    ``after_attention[r]``: row r changes nothing before its first block's attention output,
+    which is then the base run's (``base.z``), not recomputed."""
     f = model_facts(model)
     blocks, dev, rows = _Blocks(hf_model(model), f), base.resid.device, len(plans)
-    # rows ordered by the block they start at (then by p0): the rows taking part in block L
-    # are a prefix, and so are their tokens
-    order = sorted(range(rows), key=lambda r: (starts_l[r], starts_p[r]))
+    # rows ordered by the block they start at (then those starting after its attention, then
+    # by p0): the rows taking part in block L are a prefix, and so are their tokens
+    after = list(after_attention) if after_attention is not None else [False] * rows
+    order = sorted(range(rows), key=lambda r: (starts_l[r], after[r], starts_p[r]))
     pairs = pair_of_row.to(dev)[order]
     new = {r: i for i, r in enumerate(order)}
     inputs = {w: [(new[r], *rest) for r, *rest in items] for w, items in (inputs or {}).items()}
@@ -240,7 +274,7 @@ def run_rows(model: Any, base: BaseCache, source: dict, plans: list, starts_l: l
     with torch.no_grad():
         final = _run_packed(blocks, base, source, [plans[r] for r in order],
                             [starts_l[r] for r in order], [starts_p[r] for r in order], pairs,
-                            base.resid.shape[2], inputs)
+                            base.resid.shape[2], inputs, [after[r] for r in order])
         cols = None if columns is None else columns.to(dev)[order]
         logits = blocks.logits(final, cols, norm)
     out = torch.empty_like(logits)
@@ -250,9 +284,10 @@ def run_rows(model: Any, base: BaseCache, source: dict, plans: list, starts_l: l
 
 def _run_packed(blocks: _Blocks, base: BaseCache, source: dict, plans: list, start_layers: list[int],
                 start_positions: list[int], pairs: torch.Tensor, seq: int,
-                inputs: dict | None = None) -> torch.Tensor:
+                inputs: dict | None = None, after: list[bool] | None = None) -> torch.Tensor:
     """The final residual stream at the last position, ``[rows, d_model]``, of rows sorted by
-    their start block (``start_layers`` non-decreasing); ``inputs`` as in ``run_rows``."""
+    their start block (``start_layers`` non-decreasing; within a block, the rows starting
+    after its attention last); ``inputs`` and ``after`` as in ``run_rows``."""
     f = blocks.f
     n_layers, last = f.n_layers, f.n_layers - 1
     dev = base.resid.device
@@ -269,6 +304,8 @@ def _run_packed(blocks: _Blocks, base: BaseCache, source: dict, plans: list, sta
     # every token begins as the base run's residual stream before its row's first block
     hidden = base.resid[pairs[tok_row], start[tok_row].clamp(max=n_layers), tok_pos]  # [T, d]
     rows_in = [int((start <= layer).sum()) for layer in range(n_layers)]  # prefix lengths
+    skip = start + torch.tensor(after or [False] * rows, device=dev, dtype=torch.long)
+    rows_att = [int((skip <= layer).sum()) for layer in range(n_layers)]  # rows attending
     # Patches, per place: ("stream", i) | (site, layer) -> [(token, row, src pair, pos, head, key)]
     by_site: dict[tuple[str, int], list] = {}
     for r, plan in enumerate(plans):
@@ -317,42 +354,44 @@ def _run_packed(blocks: _Blocks, base: BaseCache, source: dict, plans: list, sta
     slot = tok_pos - p_min
     causal = torch.ones(width, seq, dtype=torch.bool, device=dev).tril(diagonal=p_min)
     for layer in range(min(start_layers), n_layers):
-        n_rows = rows_in[layer]
-        n_t = row_start[n_rows]
+        n_rows, n_att = rows_in[layer], rows_att[layer]
+        n_t, n_ta = row_start[n_rows], row_start[n_att]
         x = hidden[:n_t]
         patch(x, ("stream", layer))
         edit_qkv = None if not any((s, layer) in steps for s in "qkv") else (
             lambda *qkv: [patch(t, (s, layer)) for s, t in zip("qkv", qkv)])
         edit_mlp = None if ("mlp_in", layer) not in steps else (
             lambda t: patch(t, ("mlp_in", layer), final_only=layer == last))
-        q, k, v = blocks.qkv(layer, x, tok_pos[:n_t], edit_qkv)
-        r_t, s_t = tok_row[:n_t], slot[:n_t]
-        # keys and values: the base run's, with this block's new ones from each row's p0 on
-        keys = base.keys[pairs[:n_rows], layer].transpose(1, 2).clone()  # [rows, seq, kv, d_head]
-        values = base.values[pairs[:n_rows], layer].transpose(1, 2).clone()
-        keys[r_t, tok_pos[:n_t]] = k
-        values[r_t, tok_pos[:n_t]] = v
-        keys, values = keys.transpose(1, 2), values.transpose(1, 2)
-        if layer == last:  # only the final position: its query, output projection and MLP
-            queries = q[last_tok[:n_rows]][:, :, None]  # [rows, heads, 1, d_head]
-            z = blocks.attend(layer, queries, keys, values, causal[-1:])[:, 0]  # [rows, H*dh]
-            patch(z, ("head", layer), final_only=True)
-            attn_out = blocks.o_proj(layer, z)
-            patch(attn_out, ("attn", layer), final_only=True)
-            h = x[last_tok[:n_rows]] + attn_out
-            mlp_out = blocks.mlp(layer, h, edit_mlp)
-            patch(mlp_out, ("mlp", layer), final_only=True)
+        final_only = layer == last  # only the final position: its query, output projection and MLP
+        tokens = last_tok[:n_rows] if final_only else torch.arange(n_t, device=dev)
+        n_new = n_att if final_only else n_ta  # z entries attention computes; the rest are cached
+        z = x.new_empty(len(tokens), base.z.shape[-1])  # [T or rows, H*dh]
+        z[n_new:] = base.z[pairs[tok_row[tokens[n_new:]]], layer, tok_pos[tokens[n_new:]]]
+        if n_att:
+            q, k, v = blocks.qkv(layer, x[:n_ta], tok_pos[:n_ta], edit_qkv)
+            r_t, s_t = tok_row[:n_ta], slot[:n_ta]
+            # keys and values: the base run's, with this block's new ones from each row's p0 on
+            keys = base.keys[pairs[:n_att], layer].transpose(1, 2).clone()  # [rows, seq, kv, d_head]
+            values = base.values[pairs[:n_att], layer].transpose(1, 2).clone()
+            keys[r_t, tok_pos[:n_ta]] = k
+            values[r_t, tok_pos[:n_ta]] = v
+            keys, values = keys.transpose(1, 2), values.transpose(1, 2)
+            if final_only:
+                queries = q[last_tok[:n_att]][:, :, None]  # [rows, heads, 1, d_head]
+                z[:n_att] = blocks.attend(layer, queries, keys, values, causal[-1:])[:, 0]
+            else:
+                queries = q.new_zeros(n_att, width, f.n_heads, f.d_head)
+                queries[r_t, s_t] = q
+                z[:n_ta] = blocks.attend(layer, queries.transpose(1, 2), keys, values, causal)[r_t, s_t]
+        patch(z, ("head", layer), final_only)
+        attn_out = blocks.o_proj(layer, z)
+        patch(attn_out, ("attn", layer), final_only)
+        h = (x[tokens] if final_only else x) + attn_out
+        mlp_out = blocks.mlp(layer, h, edit_mlp)
+        patch(mlp_out, ("mlp", layer), final_only)
+        if final_only:
             hidden[last_tok[:n_rows]] = h + mlp_out
             break
-        queries = q.new_zeros(n_rows, width, f.n_heads, f.d_head)
-        queries[r_t, s_t] = q
-        z = blocks.attend(layer, queries.transpose(1, 2), keys, values, causal)[r_t, s_t]  # [T, H*dh]
-        patch(z, ("head", layer))
-        attn_out = blocks.o_proj(layer, z)
-        patch(attn_out, ("attn", layer))
-        h = x + attn_out
-        mlp_out = blocks.mlp(layer, h, edit_mlp)
-        patch(mlp_out, ("mlp", layer))
         hidden[:n_t] = h + mlp_out
     final = hidden[last_tok]
     patch(final, ("stream", n_layers), final_only=True)

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
-from helpers.fastpatch import BaseCache, _Blocks, cache_base_run, run_rows
+from helpers.fastpatch import BaseCache, _Blocks, cache_runs, run_rows
 from helpers.models import hf_model, model_facts
 
 __all__ = ["path_logits"]
@@ -58,7 +58,7 @@ def path_logits(model: Any, base_ids: torch.Tensor, base: Cache, source: Cache, 
     """
     f = model_facts(model)
     blocks = _Blocks(hf_model(model), f)
-    cache = cache_base_run(model, base_ids)
+    cache = cache_runs(model, base_ids)[0]
     dev, seq, fd = cache.resid.device, base_ids.shape[1], first_difference
     frozen = None if norm is None else _frozen_norm(norm, dev)
     for chunk in chunks:

@@ -19,12 +19,13 @@ The smallest answer wins when several apply (a container limit below the host's 
 """
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["free_memory_mb", "sweep_budget_mb", "MAX_BUDGET_MB", "MIN_BUDGET_MB", "REMOTE_BUDGET_MB"]
+__all__ = ["free_memory_mb", "release_freed_memory", "sweep_budget_mb", "MAX_BUDGET_MB", "MIN_BUDGET_MB", "REMOTE_BUDGET_MB"]
 
 MAX_BUDGET_MB = 128.0   # GPT-2 small's chapters stay under 1.5 GB; a larger chunk is no faster on CPU
 REMOTE_BUDGET_MB = 512.0   # a remote model's chunk is one request: the server's memory, fewer round trips
@@ -77,9 +78,28 @@ def free_memory_mb(device: Any = "cpu") -> float | None:
     return min(answers) / 2**20 if answers else None
 
 
+def release_freed_memory() -> bool:
+    """Hand the memory of freed tensors back to the operating system (glibc's ``malloc_trim``);
+    True if it ran (Linux with glibc), False elsewhere.
+
+    On Linux a freed CPU tensor below glibc's (adaptive) mmap threshold stays in the process's
+    heap, still counted in its resident size: a kernel that has run a dozen traces and sweeps
+    holds a few hundred MB it no longer uses, and the next sweep's chunk comes on top of it
+    (mybinder counts resident memory)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 def sweep_budget_mb(device: Any = "cpu") -> float:
     """The memory a sweep's chunk of rows may take: a quarter of ``free_memory_mb(device)``,
-    between ``MIN_BUDGET_MB`` and ``MAX_BUDGET_MB``."""
+    between ``MIN_BUDGET_MB`` and ``MAX_BUDGET_MB``.  On the CPU, memory freed earlier is first
+    handed back (``release_freed_memory``), so the sweep starts from what is really in use."""
+    if torch.device(device).type == "cpu":
+        release_freed_memory()
     free = free_memory_mb(device)
     if free is None:
         return MAX_BUDGET_MB

@@ -35,7 +35,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from helpers.fastpatch import cache_base_run, run_patch_sets, supports_fast_path
+from helpers.fastpatch import cache_runs, run_patch_sets, supports_fast_path
 from helpers.metrics import METRICS, answer_prob, kl_to_clean, logit_diff
 from helpers.memory import REMOTE_BUDGET_MB, sweep_budget_mb
 from helpers.models import model_facts, remote_mode
@@ -162,11 +162,12 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
     needed = {(p.site, p.layer) for s in patch_sets for p in s}
     if method == "fast" and (remote or not supports_fast_path(model, seq)):
         method = "batched"  # the fast path computes blocks from the weights, here
-    source, src_logits = cache_activations(model, src_ids, needed)
-    base_cache = cache_base_run(model, base_ids) if method == "fast" else None
-    if base_cache is not None:
-        check_finite(base_cache.logits, "the logits of the unpatched run",
-                     lambda: locate_non_finite(model, base_ids))
+    if method == "fast":  # both runs in one traced forward
+        base_cache, source, src_logits = cache_runs(model, base_ids, src_ids, needed)
+        for ids, logits, run in ((src_ids, src_logits, "source"), (base_ids, base_cache.logits, "unpatched")):
+            check_finite(logits, f"the logits of the {run} run", lambda ids=ids: locate_non_finite(model, ids))
+    else:
+        base_cache, (source, src_logits) = None, cache_activations(model, src_ids, needed)
     base_logits = base_cache.logits if base_cache else cache_activations(model, base_ids, [])[1]
     clean_logits = src_logits if direction == "denoise" else base_logits
     rows_all = torch.arange(n, device=clean_logits.device)
