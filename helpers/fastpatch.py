@@ -6,6 +6,8 @@ For a patch set whose earliest patch is at block L0 and position p0, in the patc
   starts from the cached residual stream at L0;
 * every position before p0 is unchanged at every layer, so only positions p0 .. seq-1
   are computed, attending to the cached keys and values of the earlier positions;
+* a head, attention-output or MLP patch leaves block L0's attention as it was: such a row
+  starts from the cached attention output of block L0 (before the output projection);
 * only the last position's logits are needed for the metrics, and in the last block only
   the last position's query, output projection and MLP (the other positions still supply
   keys and values);
@@ -296,7 +298,6 @@ def _run_packed(blocks: _Blocks, base: BaseCache, source: dict, plans: list, sta
     row_start = [0]
     for w in widths:
         row_start.append(row_start[-1] + w)
-    n_tok = row_start[-1]
     tok_row = torch.repeat_interleave(torch.arange(rows, device=dev), torch.tensor(widths, device=dev))
     tok_pos = torch.cat([torch.arange(p, seq, device=dev) for p in start_positions])
     last_tok = torch.tensor(row_start[1:], device=dev) - 1  # each row's final position
