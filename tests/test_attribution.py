@@ -4,11 +4,11 @@ where the model is close to linear."""
 from __future__ import annotations
 
 import pytest
+import reference_hooks as ref
 import torch
 
 import helpers as H
-import reference_hooks as ref
-from helpers.attribution import attribution_patching
+from helpers.methods.attribution import attribution_patching
 
 EPS = 1e-6
 

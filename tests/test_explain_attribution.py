@@ -1,4 +1,4 @@
-"""Chapter 8's prose, tables, figures and explorer (helpers.explain / figures / widgets
+"""Chapter 8's prose, tables, figures and explorer (helpers.teach.explain / figures / widgets
 .attribution): every number the prose states is recomputed here independently, and the
 figures follow the figure rules (shared limits and colour range, labels inside the axes,
 no "-0.00", text at least 8 pt)."""
@@ -14,8 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import helpers as H  # noqa: E402
-from helpers.explain import attribution as E  # noqa: E402
-from helpers.figures import attribution as F  # noqa: E402
+from helpers.teach.explain import attribution as E  # noqa: E402
+from helpers.teach.figures import attribution as F  # noqa: E402
 
 NUMBER = re.compile(r"-?\d+\.\d+")
 

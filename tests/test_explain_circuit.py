@@ -1,6 +1,6 @@
-"""Chapter 10's generated prose and figures (``helpers.explain.circuit``, ``helpers.figures.circuit``):
+"""Chapter 10's generated prose and figures (``helpers.teach.explain.circuit``, ``helpers.teach.figures.circuit``):
 every number the prose states equals the one its inputs give, written as the chapter prints it
-(``helpers.fmt``), never "-0.00" or "nan"; every figure is a Figure with readable text (>= 8 pt),
+(``helpers.base.fmt``), never "-0.00" or "nan"; every figure is a Figure with readable text (>= 8 pt),
 no "-0.00", and shows exactly the heads its inputs select."""
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from matplotlib.patches import FancyBboxPatch, Rectangle  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
 import helpers as H  # noqa: E402
-from helpers import ioi_circuit as C  # noqa: E402
-from helpers.fmt import head_name, join, num, parse_head, pct, signed  # noqa: E402
+from helpers.circuits import ioi_classes as C  # noqa: E402
+from helpers.base.fmt import head_name, join, num, parse_head, pct, signed  # noqa: E402
 
 E, F = H.explain.circuit, H.figures.circuit
 
@@ -322,7 +322,7 @@ def test_unclassified_on_the_bundled_model(real):
 
 
 def compare_frame() -> pd.DataFrame:
-    """Shaped as ``helpers.ioi_circuit.compare_circuits`` returns it."""
+    """Shaped as ``helpers.circuits.ioi_classes.compare_circuits`` returns it."""
     def one(mean, resample):
         return pd.DataFrame([{"ablation": "mean", "faithfulness": mean, "completeness_gap": 1.0153,
                               "verdict": "faithful, incomplete, not minimal"},
@@ -360,7 +360,7 @@ def test_comparison_lists_found_and_absent_classes():
 
 
 def test_knockout_states_the_three_logit_differences(bundled, real):
-    from helpers.ablations import ablate
+    from helpers.methods.ablations import ablate
 
     b = real["backup"]
     assert E.knockout(None, ["L3H0"], b).data.startswith("No name mover was found")

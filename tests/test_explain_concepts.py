@@ -13,9 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import helpers as H  # noqa: E402
-from helpers.explain import concepts as explain  # noqa: E402
-from helpers.figures import concepts as figures  # noqa: E402
-from helpers.widgets import concepts as widgets  # noqa: E402
+from helpers.teach.explain import concepts as explain  # noqa: E402
+from helpers.teach.figures import concepts as figures  # noqa: E402
+from helpers.teach.widgets import concepts as widgets  # noqa: E402
 
 NUMBER = re.compile(r"[+-]?\d+\.\d+")
 

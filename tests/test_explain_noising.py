@@ -11,9 +11,9 @@ import torch
 matplotlib.use("Agg")
 
 import helpers as H  # noqa: E402
-from helpers.explain import noising as X  # noqa: E402
-from helpers.figures import noising as F  # noqa: E402
-from helpers.fmt import num  # noqa: E402
+from helpers.base.fmt import num  # noqa: E402
+from helpers.teach.explain import noising as X  # noqa: E402
+from helpers.teach.figures import noising as F  # noqa: E402
 
 DIRS = ("denoise", "noise")
 

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
 import helpers as H  # noqa: E402
-from helpers.fmt import head_name, num, pct  # noqa: E402
+from helpers.base.fmt import head_name, num, pct  # noqa: E402
 
 E, F = H.explain.paths, H.figures.paths
 

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
 import helpers as H  # noqa: E402
-from helpers.fmt import num  # noqa: E402
+from helpers.base.fmt import num  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import helpers as H  # noqa: E402
-from helpers.behaviours import BinaryTask, choose_answers, decides, for_tokenizer  # noqa: E402
-from helpers.circuits import CircuitSearch, decisive_heads  # noqa: E402
-from helpers.explain import refusal as explain  # noqa: E402
-from helpers.figures import refusal as figures  # noqa: E402
-from helpers.fmt import num  # noqa: E402
+from helpers.base.fmt import num  # noqa: E402
+from helpers.circuits.search import CircuitSearch, decisive_heads  # noqa: E402
+from helpers.data.behaviours import BinaryTask, choose_answers, decides, for_tokenizer  # noqa: E402
+from helpers.teach.explain import refusal as explain  # noqa: E402
+from helpers.teach.figures import refusal as figures  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_attention_rows_and_diagram_read_at_a_glance(found):
     assert [t.get_text() for t in texts] == ["0.00", "1.00", "0.50", "0.50"]
     assert all(t.get_fontsize() >= 8 for t in texts)
     assert fig.axes[0].get_xticklabels()[1].get_color() == "tab:red"
-    diagram = found.diagram()
+    diagram = H.figures.refusal.circuit_diagram(found)
     shown = " ".join(t.get_text() for t in diagram.axes[0].texts)
     assert "L0H2\ndrop 0.81" in shown and "joint score 0.91" in shown
     plt.close("all")

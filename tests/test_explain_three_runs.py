@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import helpers as H  # noqa: E402
-from helpers.explain import three_runs as explain  # noqa: E402
-from helpers.figures import three_runs as figures  # noqa: E402
+from helpers.teach.explain import three_runs as explain  # noqa: E402
+from helpers.teach.figures import three_runs as figures  # noqa: E402
 
 NUMBER = re.compile(r"[+-]?\d+\.\d+")
 

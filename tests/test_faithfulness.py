@@ -1,4 +1,4 @@
-"""Circuit evaluation (helpers.faithfulness): identities, and the definitions recomputed
+"""Circuit evaluation (helpers.circuits.evaluation): identities, and the definitions recomputed
 independently (plain hooks for faithfulness and minimality; ``ablate`` for the completeness
 search).  Bundled IOI model in float64."""
 from __future__ import annotations
@@ -8,12 +8,12 @@ import math
 
 import pytest
 import torch
+from test_ablations import hook_cache, hook_run, ld
 
 import helpers as H
-from helpers import ablations as A
-from helpers import faithfulness as F
-from helpers.circuits import all_components
-from test_ablations import hook_cache, hook_run, ld
+from helpers.methods import ablations as A
+from helpers.circuits import evaluation as F
+from helpers.circuits.search import all_components
 
 TOL = 1e-10
 CIRCUIT = ["L0H1", "L1H2", "mlp0"]

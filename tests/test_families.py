@@ -9,11 +9,11 @@ sliding window covers the prompt) and the batched path elsewhere; both are check
 from __future__ import annotations
 
 import pytest
+import reference_hooks as ref
 import torch
+from tiny_models import FAMILIES, save_random_model
 
 import helpers as H
-import reference_hooks as ref
-from tiny_models import FAMILIES, save_random_model
 
 TOL = 1e-10
 FAST = {"gpt2", "llama", "qwen2", "qwen3"}  # the tiny Mistral's window (6) is shorter than the prompts
@@ -119,5 +119,5 @@ def test_an_unsupported_architecture_names_the_supported_families(tmp_path):
     from tiny_models import save_random_bert
 
     with pytest.raises(H.ModelLoadError, match=r"'bert' model is not supported(.|\n)*gpt2, gpt_neox, "
-                                               r"llama(.|\n)*helpers.anatomy.FAMILIES"):
+                                               r"llama(.|\n)*helpers.models.anatomy.FAMILIES"):
         H.load_model(save_random_bert(tmp_path / "bert"))

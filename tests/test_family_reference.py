@@ -64,7 +64,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def pairs(tokenizer):
-    from helpers.prompts import ioi_pairs
+    from helpers.data.prompts import ioi_pairs
 
     return ioi_pairs(tokenizer, n=3)
 

@@ -1,4 +1,4 @@
-"""``helpers.ioi_circuit`` (finding the IOI circuit the way Wang et al. did) against independent
+"""``helpers.circuits.ioi_classes`` (finding the IOI circuit the way Wang et al. did) against independent
 computations and exact identities.
 
 * ``direct_logit_attribution``: the heads' direct contributions plus the embeddings', every MLP's,
@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import helpers as H
-from helpers import ioi_circuit as C
+from helpers.circuits import ioi_classes as C
 from helpers.models import hf_model
 
 TOL = 1e-8
@@ -473,9 +473,15 @@ def test_head_grid_pads_a_layer_by_head_result_to_every_block(gpt2_case):
 
 def test_behaviour_equals_an_independent_forward_and_its_intervals_hold_the_values(
         bundled64, bundled_plain64):
-    from helpers.observe import ioi_per_prompt
-    from helpers.prompts import (NAMES, OBJECTS, PLACES, TEMPLATES, random_ioi_prompts,
-                                 single_token_words)
+    from helpers.data.prompts import (
+        NAMES,
+        OBJECTS,
+        PLACES,
+        TEMPLATES,
+        random_ioi_prompts,
+        single_token_words,
+    )
+    from helpers.methods.observe import ioi_per_prompt
 
     n, seed, n_boot = 24, 3, 300
     tok = bundled64.tokenizer

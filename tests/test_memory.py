@@ -1,12 +1,12 @@
-"""The sweeps' memory budget follows what is free where they run (``helpers.memory``)."""
+"""The sweeps' memory budget follows what is free where they run (``helpers.engine.memory``)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import helpers as H
-import helpers.patching as patching
-from helpers import memory
+import helpers.methods.sweeps as patching
+from helpers.engine import memory
 
 
 def _cgroup(tmp_path, files: dict[str, str]):

@@ -6,12 +6,11 @@ import os
 
 import pytest
 import torch
+from tiny_models import save_random_bert, save_random_gpt2
 
 import helpers as H
 from helpers.models import ModelLoadError
 from helpers.organism import BUNDLED_MODELS
-
-from tiny_models import save_random_bert, save_random_gpt2
 
 
 def test_bundled_model_loads_offline_with_gpt2_module_names(bundled):

@@ -1,4 +1,4 @@
-"""One naming scheme (helpers.fmt): how numbers and components are written, how a result cell
+"""One naming scheme (helpers.base.fmt): how numbers and components are written, how a result cell
 is found by the name the labels show, and the figure and saving rules built on it."""
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import helpers as H  # noqa: E402
-from helpers.metrics import logit_diff  # noqa: E402
-
+from helpers.results.metrics import logit_diff  # noqa: E402
 
 # ------------------------------------------------------------------ numbers and names
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import helpers as H
+from helpers.data.prompts import (HELDOUT_TEMPLATES, NAMES, OBJECTS, PLACES, TRAIN_TEMPLATES,
+                                  ioi_prompt)
 from helpers.organism import BUNDLED_MODELS
 from helpers.organism.train_ioi import name_pair_split
-from helpers.prompts import HELDOUT_TEMPLATES, NAMES, OBJECTS, PLACES, TRAIN_TEMPLATES, ioi_prompt
 
 FOLDER = BUNDLED_MODELS["ioi-tiny"]
 HELDOUT_SPLITS = ["heldout_pairs", "heldout_templates"]

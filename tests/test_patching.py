@@ -3,13 +3,12 @@ patching must satisfy, and the errors bad input must raise."""
 from __future__ import annotations
 
 import pytest
+import reference_hooks as ref
 import torch
+from tiny_models import save_random_gpt2
 
 import helpers as H
-import reference_hooks as ref
-from helpers.patching import Patch
-
-from tiny_models import save_random_gpt2
+from helpers.methods.sweeps import Patch
 
 TOL = 1e-5
 SWEEPS = {  # helpers sweep -> reference sweep

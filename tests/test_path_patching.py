@@ -1,4 +1,4 @@
-"""Path patching (``helpers.paths``) against the independent plain-hooks reference
+"""Path patching (``helpers.methods.path_patching``) against the independent plain-hooks reference
 (``tests/reference_paths.py``), the identities that hold exactly (each with its conditions), and
 the errors bad input raises.
 
@@ -13,16 +13,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-
-import helpers as H
 import reference_hooks as ref
 import reference_paths as rp
-from helpers.fastpatch import supports_fast_path
-from helpers.paths import path_patch
-from helpers.validate import json_text
-from helpers.metrics import METRICS
+import torch
 from tiny_models import FAMILIES, save_random_model
+
+import helpers as H
+from helpers.base.validate import json_text
+from helpers.engine.fastpatch import supports_fast_path
+from helpers.methods.path_patching import path_patch
+from helpers.results.metrics import METRICS
 
 TOL = 1e-10
 METHODS = ("batched", "fast")

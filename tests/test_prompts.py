@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import helpers as H
-from helpers.prompts import (HELDOUT_TEMPLATES, TEMPLATES, TRAIN_TEMPLATES, PromptError, corrupt,
-                             ioi_prompt, make_pairs, pairs_from_prompt)
+from helpers.data.prompts import (HELDOUT_TEMPLATES, TEMPLATES, TRAIN_TEMPLATES, PromptError,
+                                  corrupt, ioi_prompt, make_pairs, pairs_from_prompt)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import pytest
+import reference_hooks as ref
 import torch
 
 import helpers as H
-import reference_hooks as ref
-from helpers.behaviours import REFUSAL, binary_pairs, fill
-from helpers.circuits import component_patch, minimal_circuit
+from helpers.circuits.search import component_patch, minimal_circuit
+from helpers.data.behaviours import REFUSAL, binary_pairs, fill
 from helpers.organism import BUNDLED_MODELS
 from helpers.organism.train_refusal import combination_split, request
 
@@ -173,7 +173,6 @@ def test_binary_pairs_skip_words_that_are_several_tokens(gpt2_tokenizer):
 
 def test_circuit_search_on_a_model_that_cannot_do_the_task_says_so(tmp_path):
     from tiny_models import save_random_gpt2
-
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(FOLDER)

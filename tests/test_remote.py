@@ -29,8 +29,8 @@ limits, its sandbox) is listed in the README section "Scaling up: NDIF".
 from __future__ import annotations
 
 import contextlib
-import json
 import io
+import json
 import linecache
 import shutil
 import sys
@@ -40,13 +40,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import save_random_model
 
 import helpers as H
-from helpers.attribution import attribution_patching
-from helpers.metrics import logit_diff
+from helpers.methods.attribution import attribution_patching
+from helpers.methods.sweeps import Patch
 from helpers.models import ModelLoadError, hf_model, load_model, remote_mode
-from helpers.patching import Patch
-from tiny_models import save_random_model
+from helpers.results.metrics import logit_diff
 
 TOL = 1e-10
 HUB_ID = "meta-llama/Llama-3.1-8B"
@@ -154,7 +154,6 @@ def helpers_by_reference(monkeypatch):
 def strict(monkeypatch, helpers_by_reference):
     """``remote="local"`` traces served like NDIF serves them, with helpers hidden."""
     from nnsight.intervention.backends.local import LocalSimulationBackend
-
     from nnsight.schema.request import RequestModel
 
     def serve(self, tracer):
@@ -257,7 +256,7 @@ def _bad_bodies(model, pairs):
 
     def calls_a_helper():
         with model.trace(ids, remote="local"):
-            ld = logit_diff(unembed.output[:, -1], a, d).save()  # helpers.metrics inside
+            ld = logit_diff(unembed.output[:, -1], a, d).save()  # helpers.results.metrics inside
         return ld
 
     def carries_a_helpers_object():
@@ -279,9 +278,9 @@ def _bad_bodies(model, pairs):
 def test_the_strict_check_fails_a_body_that_uses_helpers_or_fills_an_outside_list(models, strict):
     _, dry, pairs = models["ioi-tiny"]
     calls, carries, fills = _bad_bodies(dry, pairs)
-    with pytest.raises(HelpersReached, match="helpers.metrics.logit_diff"):
+    with pytest.raises(HelpersReached, match="helpers.results.metrics.logit_diff"):
         calls()
-    with pytest.raises(HelpersReached, match="helpers.anatomy"):
+    with pytest.raises(HelpersReached, match="helpers.models.anatomy"):
         carries()
     assert fills() == []  # as on NDIF: the server's copy of the list was filled, not this one
     assert "helpers" in sys.modules and not isinstance(sys.modules["helpers"], _Hidden)

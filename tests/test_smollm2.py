@@ -1,4 +1,4 @@
-"""The offline real model ``smollm2-135m`` (helpers/gguf_models.py).
+"""The offline real model ``smollm2-135m`` (helpers/models/gguf.py).
 
 Fast tests check the registry and cache logic against a fake installed wheel (a package folder
 and a dist-info in ``tmp_path``) and a fake conversion, so they need neither the real 93 MB wheel
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import helpers.gguf_models as gm
+import helpers.models.gguf as gm
 from helpers.models import ModelLoadError
 
 NAME = "smollm2-135m"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import helpers as H
-from helpers import ioi_circuit as C
+from helpers.circuits import ioi_classes as C
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smollm2")]
 

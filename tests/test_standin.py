@@ -6,16 +6,9 @@ import os
 
 import pytest
 import torch
+from standin import (IOI_EXAMPLE, IOI_EXAMPLE_N_TOKENS, JOHN_ID, MARY_ID, build_gpt2_standin,
+                     build_gpt2_tokenizer)
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-from standin import (
-    IOI_EXAMPLE,
-    IOI_EXAMPLE_N_TOKENS,
-    JOHN_ID,
-    MARY_ID,
-    build_gpt2_standin,
-    build_gpt2_tokenizer,
-)
 
 GPT2_SMALL_N_PARAMS = 124_439_808  # with the unembedding tied to the embedding
 

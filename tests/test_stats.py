@@ -1,4 +1,4 @@
-"""Statistics on every patching result (helpers.stats, PatchResult.stats, to_dict, plot_patching's
+"""Statistics on every patching result (helpers.results.stats, PatchResult.stats, to_dict, plot_patching's
 marks), checked against a direct computation written here independently: Python loops over
 prompts and resamples, itertools.product over sign patterns, a hand-written Holm and
 Benjamini-Hochberg, and a bootstrap loop that draws the same documented indices."""
@@ -19,10 +19,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import helpers as H  # noqa: E402
-from helpers import stats as S  # noqa: E402
-from helpers.pairs import PromptPairs  # noqa: E402
-from helpers.results import PatchResult  # noqa: E402
-from helpers.validate import json_text  # noqa: E402
+from helpers.results import stats as S  # noqa: E402
+from helpers.base.validate import json_text  # noqa: E402
+from helpers.data.pairs import PromptPairs  # noqa: E402
+from helpers.results.patch_result import PatchResult  # noqa: E402
 
 N_BOOT = 1000
 
@@ -369,8 +369,8 @@ def test_plot_patching_marks_exactly_the_cells_whose_interval_contains_zero(real
 def test_the_json_holds_the_per_prompt_table_the_statistics_are_computed_from(bundled):
     import json
 
-    from helpers.stats import cell_stats
-    from helpers.validate import json_text
+    from helpers.base.validate import json_text
+    from helpers.results.stats import cell_stats
 
     pairs = H.ioi_pairs(bundled.tokenizer, n=5, seed=3)
     result = H.patch_heads(bundled, pairs)

@@ -5,7 +5,7 @@
 The recipe (why each piece is there is in ``ioi/MODEL_CARD.md``):
 
 * a 4-layer, 4-head, d_model 64 ``GPT2LMHeadModel`` over a word-level vocabulary;
-* synthetic IOI prompts from ``helpers.prompts.TRAIN_TEMPLATES`` with 0-2 name-free
+* synthetic IOI prompts from ``helpers.data.prompts.TRAIN_TEMPLATES`` with 0-2 name-free
   filler sentences in front, both name orders, names from ``NAMES``;
 * the loss is taken only on the answer token (the IO name after the final "to");
 * during training only, each layer's whole attention output is dropped per sample
@@ -27,11 +27,16 @@ from pathlib import Path
 
 import torch
 
-from helpers.organism.training import (SPECIALS, WORD_RE, build_tokenizer, fit,  # noqa: F401
-                                       make_config, pad_batch)
-from helpers.prompts import (FILLERS, HELDOUT_TEMPLATES, NAMES, OBJECTS, PLACES,
-                             TRAIN_TEMPLATES, ioi_prompt)
-
+from helpers.data.prompts import (FILLERS, HELDOUT_TEMPLATES, NAMES, OBJECTS, PLACES,
+                                  TRAIN_TEMPLATES, ioi_prompt)
+from helpers.organism.training import (  # noqa: F401
+    SPECIALS,
+    WORD_RE,
+    build_tokenizer,
+    fit,
+    make_config,
+    pad_batch,
+)
 
 
 def vocabulary() -> list[str]:

@@ -2,7 +2,7 @@
 
     python -m helpers.organism.train_refusal --out helpers/organism/refusal
 
-Requests from ``helpers.behaviours.REFUSAL`` end in "Assistant :"; the answer is
+Requests from ``helpers.data.behaviours.REFUSAL`` end in "Assistant :"; the answer is
 "Sorry" when the request's {X} word is on the harmful list and "Sure" when it is
 on the harmless one.  Same recipe as the IOI model (answer-token loss,
 per-sample attention drop, one thread, fixed seed, bit-identical retrains), with
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.behaviours import REFUSAL, fill
+from helpers.data.behaviours import REFUSAL, fill
 from helpers.organism.training import SPECIALS, WORD_RE, fit, pad_batch
 
 

@@ -1,0 +1,14 @@
+"""The circuits layer: from results about components to claims about a circuit.
+
+Holds ``evaluation`` (a circuit's faithfulness, completeness and minimality under an
+ablation), ``search`` (a minimal circuit by greedy joint patching), ``ioi_classes`` (Wang et
+al.'s IOI head classes with numeric criteria, the staged search) and ``readouts`` (attention
+along the IOI routes, direct logit attribution, the backup test).  May import
+``helpers.methods`` and every layer below it.  Re-exports the public names of the former
+``helpers.circuits`` module.
+"""
+from helpers.circuits.search import CircuitSearch, attention_from, decisive_heads, minimal_circuit
+from helpers.engine.runs import all_components, component_patch, component_place
+
+__all__ = ["CircuitSearch", "minimal_circuit", "component_patch", "all_components",
+           "component_place", "decisive_heads", "attention_from"]

@@ -1,0 +1,163 @@
+"""A minimal circuit by greedy search over jointly patched components.
+
+Components are attention heads (``L0H3``) and MLP outputs (``mlp1``), named as in
+``helpers.base.fmt``, each patched at every position (denoising by default).  Forward: add the component that most raises the
+normalised score of the jointly patched set, until it reaches the threshold.
+Backward: drop any member whose removal keeps the score at or above the
+threshold.  Both phases are capped in steps.  Every candidate set of a step is
+patched in one batched sweep.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from helpers.base.fmt import head_name, num, parse_head
+from helpers.base.validate import as_count
+from helpers.data.prompts import PromptPairs
+from helpers.engine.runs import (all_components, check_pairs, component_patch, component_place,
+                                 normalise_patch)
+from helpers.methods.observe import attention_patterns
+from helpers.methods.sweeps import Direction, patch_components
+from helpers.models.loaded import ModelHandle, handle
+
+__all__ = ["CircuitSearch", "minimal_circuit", "decisive_heads", "attention_from"]
+
+
+@dataclass
+class CircuitSearch:
+    """The outcome: ``members`` (in the order added), their joint ``score``, the score
+    without each member (``without``), and every step taken (``history``)."""
+
+    members: list[str]
+    score: float
+    without: dict[str, float]
+    threshold: float
+    reached: bool
+    history: list[dict] = field(default_factory=list)
+
+    def drops(self) -> dict[str, float]:
+        """How much the joint score falls when each member is removed."""
+        return {m: self.score - s for m, s in self.without.items()}
+
+    def to_dict(self) -> dict:
+        """JSON-ready (a score that could not be computed, NaN, is None)."""
+        score = self.score if math.isfinite(self.score) else None
+        return {"members": self.members, "score": score, "threshold": self.threshold,
+                "reached": self.reached, "without": self.without, "drops": self.drops(),
+                "history": self.history}
+
+    def by_block(self) -> dict[int, list[str]]:
+        """The members grouped by block, blocks in order."""
+        groups: dict[int, list[str]] = {}
+        for m in self.members:
+            groups.setdefault(component_place(m)[0], []).append(m)
+        return dict(sorted(groups.items()))
+
+    def mermaid(self, sink: str = "logits") -> str:
+        """A mermaid flowchart: members grouped by layer, feeding the output."""
+        lines = ["flowchart LR"]
+        by_layer = self.by_block()
+        previous: list[str] = ["IN"]
+        lines.append('    IN(["prompt tokens"])')
+        for layer in sorted(by_layer):
+            for m in by_layer[layer]:
+                label = f"{m}<br/>drop {num(self.drops()[m])}"
+                lines.append(f'    {m}["{label}"]')
+                for p in previous:
+                    lines.append(f"    {p} --> {m}")
+            previous = by_layer[layer]
+        lines.append(f'    OUT(["{sink}: joint score {self.score:.2f}"])')
+        for p in previous:
+            lines.append(f"    {p} --> OUT")
+        return "\n".join(lines)
+
+
+def decisive_heads(result: Any, normalise: bool = True, share: float = 0.25, most: int = 4
+                   ) -> list[str]:
+    """The heads of a layer x head sweep that matter, strongest first: up to ``most`` heads
+    whose change (``result.change(normalise)``, ``[n_layers, n_heads]``) is at least ``share``
+    of the strongest head's.  Names as ``"L0H3"``."""
+    change = result.change(normalise).abs()
+    order = change.flatten().argsort(descending=True, stable=True)
+    n_heads = change.shape[1]
+    ranked = [divmod(int(i), n_heads) for i in order[:most]]
+    top = change[ranked[0]]
+    return [head_name(l, h) for l, h in ranked if change[l, h] >= share * top]
+
+
+def attention_from(model: Any, ids: Any, heads: Sequence[str], query: int) -> Any:
+    """Where each head (``"L0H3"``) looks from position ``query``: its attention row there,
+    averaged over the prompts ``ids`` (``[batch, seq]``, roles at the same positions);
+    returns ``[len(heads), seq]``."""
+    mh = handle(model)
+
+    places = [parse_head(h) for h in heads]
+    patterns = {l: attention_patterns(mh, ids, l).mean(0) for l in {l for l, _ in places}}
+    return torch.stack([patterns[l][h, query] for l, h in places])
+
+
+def _scores(mh: ModelHandle, pairs: PromptPairs, sets: list[list[str]], direction: Direction,
+            min_gap: float | None) -> list[float]:
+    result = patch_components(mh, pairs, [[component_patch(c) for c in s] for s in sets],
+                              direction, progress=False, metrics=("logit_diff",))
+    return result.score(min_gap=min_gap).tolist()
+
+
+def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
+                    candidates: Sequence[str] | None = None, direction: Direction = "denoise",
+                    max_steps: int = 30, min_gap: float | None = None) -> CircuitSearch:
+    """Greedy forward selection then backward pruning (see the module docstring).
+
+    ``threshold``: the normalised score (of the prompt-mean logit difference) the
+    joint patch must reach.  ``candidates``: component names (default: every head
+    and MLP).  The returned ``reached`` is False if the cap stopped the search
+    first.  Scores are normalised, so a model that barely tells the clean and
+    corrupted prompts apart raises ``GapTooSmallError`` (``min_gap`` overrides the
+    limit, see ``helpers.results.metrics.normalised``).
+    """
+    mh = handle(model)
+    check_pairs(mh, pairs)
+    if isinstance(candidates, str):
+        candidates = [candidates]
+    pool = list(candidates or all_components(mh))
+    f = mh.anatomy
+    for c in pool:  # parse and range-check every name before any forward pass
+        normalise_patch(component_patch(c), f, pairs.seq_len)
+    if len(set(pool)) != len(pool):
+        raise ValueError(f"candidates repeat a component: {sorted(c for c in set(pool) if pool.count(c) > 1)}")
+    threshold = float(threshold)
+    max_steps = as_count(max_steps, "max_steps")
+    members: list[str] = []
+    score, history = float("-inf"), []
+    for _ in range(max_steps):
+        if score >= threshold or not pool:
+            break
+        trial = _scores(mh, pairs, [members + [c] for c in pool], direction, min_gap)
+        best = max(range(len(pool)), key=lambda i: trial[i])
+        members.append(pool.pop(best))
+        score = trial[best]
+        history.append({"step": "add", "component": members[-1], "score": score})
+    for _ in range(max_steps):
+        if len(members) < 2:
+            break
+        trial = _scores(mh, pairs, [[m for m in members if m != c] for c in members], direction,
+                        min_gap)
+        removable = [i for i, s in enumerate(trial) if s >= threshold]
+        if not removable:
+            break
+        drop = max(removable, key=lambda i: trial[i])
+        history.append({"step": "remove", "component": members[drop], "score": trial[drop]})
+        score = trial[drop]
+        members.pop(drop)
+    without = {}
+    if members:
+        alone = _scores(mh, pairs, [[m for m in members if m != c] for c in members] + [members],
+                        direction, min_gap)
+        without = dict(zip(members, alone[:-1]))
+        score = alone[-1]
+    return CircuitSearch(members=members, score=score, without=without, threshold=threshold,
+                         reached=score >= threshold, history=history)

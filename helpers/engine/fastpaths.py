@@ -1,0 +1,151 @@
+"""Exact fast path patching (``helpers.methods.path_patching.path_patch(..., method="fast")``; GPT-2 and
+Llama-style models, ``helpers.engine.fastpatch.supports_fast_path``).
+
+**The sender run needs no forward pass.**  With every head output and every MLP output frozen at
+the base run, nothing in the sender run mixes positions or reacts to the sender: the residual
+stream at every point is the base run's plus the sender's change ``delta`` ``[seq, d_model]``,
+
+* a head (or ``attnL``, all of block L's heads): ``o_proj(dz) - o_proj(0)``, ``dz`` the (source -
+  base) input of the output projection in the head's ``d_head`` columns (all columns for
+  ``attnL``) at the sender's positions, zero elsewhere (biases cancel; GPT-2 ``Conv1D`` and
+  Llama ``Linear`` alike); it joins the stream after block L's attention, so block L's MLP reads it;
+* ``mlpL``: (source - base) MLP output at its positions, from block L + 1 on;
+* ``embed``: (source - base) embeddings (block 0's input).
+
+``delta`` is zero before the prompts' first difference and outside the sender's positions.  A
+receiver's input in the sender run is therefore its module applied to the cached base stream plus
+``delta``, norms live: block L's q/k/v projection columns (before rotary positions) of
+``norm_L(stream before block L + delta)``, the MLP's input ``mlp_norm_L(stream after block L's
+attention + delta)``, and the logits: the final norm (live, or its scale frozen at the base run)
+and unembedding of ``final stream + delta`` at the last position.
+
+**The receiver run** is ``helpers.engine.fastpatch.run_rows``: each row starts at the receiver's block
+from the cached base stream and at the first position its recorded input differs from the base
+run's (its positions that are also the sender's, from the first difference on), with the
+recorded value patched into the query / key/value head's columns or the MLP's input; a row with
+no such position is the base run.  Only the two logits are computed with ``columns``.
+
+Exact: the same arithmetic as the batched method up to rounding (``tests/test_path_patching.py``
+checks both against the plain-hooks reference within 1e-10 in float64, every receiver kind).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+
+from helpers.engine.fastpatch import BaseCache, Blocks, cache_runs, run_rows
+from helpers.models.loaded import ModelHandle, handle
+
+__all__ = ["path_logits"]
+
+Cache = dict  # {(site, layer): [n, seq, width]} as ``helpers.engine.runs.cache_activations`` returns
+
+
+def path_logits(model: Any, base_ids: torch.Tensor, base: Cache, source: Cache, senders: Sequence[Any],
+                receivers: Sequence[Any], first_difference: int, chunks: Iterable[list[tuple[int, int]]],
+                norm: dict | None = None, columns: torch.Tensor | None = None
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]]:
+    """Path patching from ``senders`` to ``receivers`` (``helpers.methods.path_patching`` nodes) on base prompts
+    ``base_ids`` ``[n, seq]``, with the base and source runs' ``embed`` / ``head`` / ``mlp``
+    activations ``base`` and ``source`` (``[n, seq, width]`` each).  ``chunks``: lists of
+    (pair, sender index) rows computed together.  ``norm``: the frozen final norm (``"x"``,
+    ``"y"``, ``"scale"`` ``[n, seq, d_model]``, ``"centre"``) or None (live).  ``columns``
+    ``[n, k]``: compute only these logits.
+
+    Yields, per chunk and receiver j, ``(pairs [rows], senders [rows], j, logits [rows, vocab
+    or k])`` of the last position (the indices on the CPU).
+    """
+    mh = handle(model)
+    f = mh.anatomy
+    blocks = Blocks(mh.hf, f)
+    cache = cache_runs(mh, base_ids)[0]
+    dev, seq, fd = cache.resid.device, base_ids.shape[1], first_difference
+    frozen = None if norm is None else _frozen_norm(norm, dev)
+    for chunk in chunks:
+        pair_idx = torch.tensor([i for i, _ in chunk], device=dev)
+        snd_idx = torch.tensor([k for _, k in chunk], device=dev)
+        rows = [senders[k] for _, k in chunk]
+        with torch.no_grad():
+            delta, acts = _deltas(blocks, base, source, rows, pair_idx, fd, seq)  # [rows, W, d]
+            cols = None if columns is None else columns.to(dev)[pair_idx]
+            for j, r in enumerate(receivers):
+                if r.kind == "logits":
+                    final = cache.resid[pair_idx, f.n_layers, seq - 1] + delta[:, -1]
+                    logits = blocks.logits(final, cols, None if frozen is None else (
+                        lambda x: frozen(x, pair_idx)))
+                else:
+                    logits = _receiver(mh, blocks, cache, base, r, delta, acts, pair_idx, fd,
+                                       cols, frozen)
+                yield pair_idx.cpu(), snd_idx.cpu(), j, logits
+
+
+def _frozen_norm(norm: dict, dev: torch.device) -> Any:
+    """The final norm at the last position with its scale frozen at the base run:
+    ``N(x_base) + J(x - x_base)`` (``helpers.methods.path_patching`` module docstring)."""
+    x_base, y_base, scale = (norm[k][:, -1].to(dev) for k in ("x", "y", "scale"))
+
+    def apply(x: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+        d = x - x_base[pair]
+        return y_base[pair] + (d - d.mean(-1, keepdim=True) if norm["centre"] else d) * scale[pair]
+
+    return apply
+
+
+def _deltas(blocks: Blocks, base: Cache, source: Cache, senders: list, pair_idx: torch.Tensor,
+            fd: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's change of the residual stream at positions ``fd .. seq-1``, ``[rows, W,
+    d_model]``, and where it acts (the sender's positions there), ``[rows, W]`` bool."""
+    f, dev = blocks.f, pair_idx.device
+    acts = torch.zeros(len(senders), seq, dtype=torch.bool, device=dev)
+    for r, s in enumerate(senders):
+        acts[r, s.pos(seq)] = True
+    acts = acts[:, fd:]
+    delta, groups = None, {}
+    for r, s in enumerate(senders):  # rows by the cached activation their change comes from
+        key = ("embed", None) if s.kind == "embed" else ("mlp" if s.kind == "mlp" else "head", s.layer)
+        groups.setdefault(key, []).append(r)
+    for key, rows in groups.items():
+        rows = torch.tensor(rows, device=dev)
+        pairs = pair_idx[rows]
+        change = (source[key].to(dev)[pairs, fd:] - base[key].to(dev)[pairs, fd:]) * acts[rows, :, None]
+        if key[0] == "head":  # keep the sender head's columns, then through the output projection
+            keep = torch.ones(len(rows), change.shape[-1], dtype=change.dtype, device=dev)
+            for n, r in enumerate(rows.tolist()):
+                if senders[r].kind == "head":
+                    keep[n] = 0
+                    keep[n, senders[r].head * f.d_head:(senders[r].head + 1) * f.d_head] = 1
+            change = blocks.o_proj(key[1], change * keep[:, None]) - blocks.o_proj(
+                key[1], change.new_zeros(1, change.shape[-1]))
+        if delta is None:
+            delta = change.new_zeros(len(senders), *change.shape[1:-1], f.d_model)
+        delta[rows] = change
+    return delta, acts
+
+
+def _receiver(mh: ModelHandle, blocks: Blocks, cache: BaseCache, base: Cache, r: Any, delta: torch.Tensor,
+              acts: torch.Tensor, pair_idx: torch.Tensor, fd: int, cols: torch.Tensor | None,
+              frozen: Any) -> torch.Tensor:
+    """Last-position logits of the receiver runs of one q/k/v or MLP-input receiver ``r``."""
+    f, seq, layer = blocks.f, delta.shape[1] + fd, r.layer
+    pos = torch.tensor([p for p in r.pos(seq) if p >= fd], dtype=torch.long, device=delta.device)
+    live = acts[:, pos - fd] if len(pos) else acts[:, :0]  # [rows, P]: the input differs there
+    logits = cache.logits[pair_idx]  # the base run's, where the input does not change
+    logits = logits if cols is None else logits.gather(1, cols)
+    moved = live.any(1).nonzero()[:, 0]
+    if not len(moved):
+        return logits
+    pairs = pair_idx[moved]
+    x = cache.resid[pairs, layer][:, pos] + delta[moved][:, pos - fd]  # [rows, P, d_model]
+    if r.kind == "mlp_in":  # the stream after the block's attention, through the MLP's norm
+        attn = blocks.o_proj(layer, base[("head", layer)].to(x.device)[pairs][:, pos])
+        x = blocks.norms(layer)[1](x + attn)
+    else:  # the q/k/v projection's columns, before rotary positions
+        x = f.qkv_module(blocks.hf, layer, r.kind)(blocks.norms(layer)[0](x))[..., r.columns(f)]
+    inputs = [(n, pos[live[m]].tolist(), None if r.kind == "mlp_in" else r.head, x[n][live[m]])
+              for n, m in enumerate(moved.tolist())]
+    got = run_rows(mh, cache, {}, [[] for _ in inputs], [layer] * len(inputs),
+                   [min(q) for _, q, _, _ in inputs], pairs, None if cols is None else cols[moved],
+                   {(r.kind, layer): inputs}, frozen)
+    logits[moved] = got
+    return logits

@@ -1,0 +1,318 @@
+"""Ablations: replace components by a value that carries no prompt-specific information.
+
+Components are attention heads (``"L0H3"``: head 3's slice of block 0's output projection input,
+the ``head`` site) and MLP outputs (``"mlp1"``), named as in ``helpers.circuits.search``, each ablated
+at every position.  The run ablated is always the **clean** prompt (like noising: the result's
+``direction`` is ``"noise"``, its ``clean`` / ``corrupted`` baselines the unpatched runs, so
+``score()`` is 1 = clean behaviour kept, 0 = as bad as the corrupted run).  Kinds:
+
+* ``"zero"``: the component's output set to 0 (every position);
+* ``"mean"``: its mean over a *reference set* of prompts, position by position: ``reference``
+  is ``[n_ref, seq]`` token ids (or a ``PromptPairs``: its clean prompts) of the same length
+  and template, e.g. ABC prompts ``H.ioi_pairs(tok, corruption="abc", template=t).corrupted_ids``
+  (Wang et al. 2022); default: the clean prompts of ``pairs`` themselves (the dataset mean).
+  Build one reference per template: positions must line up;
+* ``"resample"``: the value from another prompt.  Default: the clean prompts of ``pairs``,
+  prompt i taking prompt ``perm[i]``'s value, ``perm = resample_rows(n, seed)`` a seeded
+  permutation without fixed points (no prompt is resampled from itself; needs 2+ prompts).
+  With a ``reference``: a seeded uniform draw among the reference rows whose ids differ from
+  prompt i.  Every component of a prompt takes its value from the same donor prompt.
+
+**Attention knockout** (``knockout``) removes edges ``(head, query, key)``: head h's attention
+weight from query position q to key position k is set to 0 and the row renormalised
+(divided by its new sum), which is exactly the same as setting the pre-softmax score to
+``-inf``: ``softmax`` without k is ``p_j / (1 - p_k)``.  (Rows that lose no weight are left
+bit-identical.  Llama-style eager attention takes its softmax in float32 even in a float64
+model, so there the two forms agree to float32 precision only.)  Implemented as the first (renormalise)
+on the probabilities inside the eager attention function, through nnsight's ``.source``
+(``attention_interface_1`` -> ``nn_functional_dropout_0``: the weights that multiply the
+values, identity dropout in eval mode); the model must use ``attn_implementation="eager"``
+(``helpers.load_model`` does).  Knocking out an edge whose weight is already 0 (a future key)
+changes nothing; knocking out every key a query can see is refused.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from helpers.base.validate import check_finite, norm_index
+from helpers.data.prompts import PromptPairs
+from helpers.engine.memory import rows_per_chunk, sweep_budget_mb
+from helpers.engine.runs import (Patch, cache_activations, check_pairs, component_patch,
+                                 normalise_patch, run_with_patches)
+from helpers.methods.sweeps import baselines
+from helpers.models.loaded import ModelHandle, handle
+from helpers.results.metrics import metrics_of
+from helpers.results.patch_result import PatchResult
+
+__all__ = ["KINDS", "ablation_source", "ablate", "resample_rows", "knockout", "knockout_patterns",
+           "component_patches"]
+
+KINDS = ("zero", "mean", "resample")
+Key = tuple[str, int | None]
+
+
+def component_patches(model: Any, names: Sequence[str], seq: int = 1) -> list[Patch]:
+    """``["L0H3", "mlp1"]`` -> checked ``Patch`` objects (every position); a clear error for
+    an unknown or out-of-range name."""
+    mh = handle(model)
+
+    if isinstance(names, str):
+        names = [names]
+    f = mh.anatomy
+    out = [normalise_patch(component_patch(n), f, seq) for n in names]
+    labels = [p.label() for p in out]
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise ValueError(f"component(s) {twice} given twice: give each once")
+    return out
+
+
+def check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown ablation kind {kind!r}: choose one of {KINDS} (attention "
+                         "edges: helpers.methods.ablations.knockout)")
+
+
+def resample_rows(n: int, seed: int = 0) -> torch.Tensor:
+    """A seeded permutation of ``range(n)`` without fixed points: prompt i resamples from
+    ``perm[i] != i`` (one random cycle through all prompts)."""
+    if n < 2:
+        raise ValueError(f"resample ablation needs at least 2 prompts (got {n}): a prompt is never "
+                         "resampled from itself; use more pairs (ioi_pairs(tok, n=8)), give a "
+                         "reference set, or use kind='mean' / 'zero'")
+    g = torch.Generator().manual_seed(int(seed))
+    order = torch.randperm(n, generator=g)
+    perm = torch.empty(n, dtype=torch.long)
+    perm[order] = order.roll(-1)  # order[j] takes order[j + 1]: a single n-cycle
+    return perm
+
+
+def _reference_ids(pairs: PromptPairs, reference: Any) -> torch.Tensor:
+    ids = reference.clean_ids if isinstance(reference, PromptPairs) else reference
+    ids = torch.as_tensor(ids)
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2 or ids.shape[1] != pairs.seq_len:
+        raise ValueError(f"the reference prompts are {tuple(ids.shape)} token ids; they must be "
+                         f"[n_ref, {pairs.seq_len}] like these prompts: build them from the same "
+                         "template, e.g. ioi_pairs(tok, corruption='abc', template=t).corrupted_ids")
+    return ids
+
+
+def ablation_source(model: Any, pairs: PromptPairs, components: Sequence[str] | Sequence[Patch],
+                    kind: str = "zero", reference: Any = None, seed: int = 0
+                    ) -> dict[Key, torch.Tensor]:
+    """The ablated values of ``components`` for every prompt: ``{(site, layer): [n, seq, width]}``
+    (row i for prompt i; ``head`` sites the whole output projection input, every head), ready
+    for ``run_with_patches(model, pairs.clean_ids, source, patch_sets, source_rows)``."""
+    mh = handle(model)
+    check_kind(kind)
+    check_pairs(mh, pairs)
+    n, seq = len(pairs), pairs.seq_len
+    f = mh.anatomy
+    patches = [normalise_patch(p, f, seq) if isinstance(p, Patch) else
+               component_patches(mh, [p], seq)[0] for p in components]
+    keys = sorted({(p.site, p.layer) for p in patches}, key=lambda k: f.order(*k))
+    if not keys:
+        return {}
+    if kind == "resample" and reference is None:
+        rows = resample_rows(n, seed)
+        ref = pairs.clean_ids
+    else:
+        ref = pairs.clean_ids if reference is None else _reference_ids(pairs, reference)
+        rows = None
+        if kind == "resample":
+            g = torch.Generator().manual_seed(int(seed))
+            rows = torch.empty(n, dtype=torch.long)
+            for i in range(n):
+                ok = (ref != pairs.clean_ids[i]).any(1).nonzero().flatten()
+                if len(ok) == 0:
+                    raise ValueError(f"resample: every reference prompt equals prompt {i}; give "
+                                     "other prompts to resample from")
+                rows[i] = ok[torch.randint(len(ok), (1,), generator=g)]
+    if kind == "zero":
+        cache, _ = cache_activations(mh, pairs.clean_ids[:1], keys)  # shapes and dtypes only
+        return {k: torch.zeros(n, *v.shape[1:], dtype=v.dtype) for k, v in cache.items()}
+    cache, _ = cache_activations(mh, ref, keys)
+    if kind == "mean":
+        return {k: v.mean(0, keepdim=True).expand(n, *v.shape[1:]).contiguous()
+                for k, v in cache.items()}
+    return {k: v[rows.to(v.device)] for k, v in cache.items()}
+
+
+def _result(mh: ModelHandle, pairs: PromptPairs, values: dict[str, torch.Tensor], labels: list[str],
+            site: str, patches: list[list[Patch]], clean_logits: torch.Tensor) -> PatchResult:
+    base = baselines(mh, pairs, clean_logits=clean_logits)
+    return PatchResult(site=site, direction="noise", dims=("set",), labels={"set": labels},
+                       values={m: v.cpu() for m, v in values.items()},
+                       clean={m: v.cpu() for m, v in base["clean"].items()},
+                       corrupted={m: v.cpu() for m, v in base["corrupted"].items()},
+                       prompts=pairs, model_name=mh.anatomy.name, method="batched",
+                       patches=patches)
+
+
+def run_sets(model: Any, pairs: PromptPairs, source: dict[Key, torch.Tensor],
+              sets: list[list[Patch]], batch_size: int | None) -> tuple[dict, torch.Tensor]:
+    """Every metric ``[n, len(sets)]`` of the clean runs with each set replaced from ``source``."""
+    mh = handle(model)
+    n = len(pairs)
+    clean_logits = cache_activations(mh, pairs.clean_ids, [])[1]
+    jobs = [(i, k) for k in range(len(sets)) for i in range(n)]
+    size = batch_size or rows_per_chunk(mh.anatomy, pairs.seq_len, sweep_budget_mb(clean_logits.device))
+    out: dict[str, torch.Tensor] = {}
+    for j in range(0, len(jobs), size):
+        chunk = jobs[j: j + size]
+        rows = torch.tensor([i for i, _ in chunk])
+        logits = run_with_patches(mh, pairs.clean_ids[rows], source,
+                                  [sets[k] for _, k in chunk], rows)
+        got = metrics_of(logits, pairs, clean_logits, rows.to(logits.device))
+        for m, v in got.items():
+            out.setdefault(m, torch.empty(n, len(sets), dtype=v.dtype))
+            out[m][rows, torch.tensor([k for _, k in chunk])] = v.cpu()
+    return out, clean_logits
+
+
+def ablate(model: Any, pairs: PromptPairs, components: Sequence[str] | Sequence[Sequence[str]],
+           kind: str = "zero", reference: Any = None, seed: int = 0,
+           batch_size: int | None = None) -> PatchResult:
+    """Ablate ``components`` jointly (a list of names) or several sets (a list of lists, one
+    result column each) in the clean run: ``values[metric]`` ``[n_prompts, n_sets]``,
+    ``site="ablation"``, ``direction="noise"``; ``importance()`` is the share of the clean
+    behaviour the ablation destroys.  ``kind``, ``reference``, ``seed``: module docstring."""
+    mh = handle(model)
+    check_kind(kind)
+    check_pairs(mh, pairs)
+    if isinstance(components, str):
+        components = [components]
+    sets = [list(components)] if not components or isinstance(components[0], str) else \
+        [list(s) for s in components]
+    patch_sets = [component_patches(mh, s, pairs.seq_len) for s in sets]
+    every = {p for s in patch_sets for p in s}
+    source = ablation_source(mh, pairs, list(every), kind, reference, seed)
+    values, clean_logits = run_sets(mh, pairs, source, patch_sets, batch_size)
+    labels = [" + ".join(s) or "(none)" for s in sets]
+    result = _result(mh, pairs, values, labels, "ablation", patch_sets, clean_logits)
+    result.ablation = kind
+    return result
+
+
+# --------------------------------------------------------------------------- knockout
+
+def _position(spec: Any, pairs: PromptPairs, what: str) -> int:
+
+    if isinstance(spec, str):
+        if spec not in pairs.positions:
+            raise ValueError(f"{what}: unknown role {spec!r}; these prompts have the roles "
+                             f"{sorted(pairs.positions)}, or give a token index")
+        return pairs.positions[spec]
+    return norm_index(spec, pairs.seq_len, "position", "token positions in these prompts")
+
+
+def _edge_masks(mh: ModelHandle, pairs: PromptPairs, edges: Sequence[tuple[Any, Any, Any]]
+                ) -> dict[int, torch.Tensor]:
+    """``{layer: bool [n_heads, seq, seq]}``: True where an edge is knocked out."""
+
+    f = mh.anatomy
+    seq = pairs.seq_len
+    if isinstance(edges, tuple) and len(edges) == 3 and isinstance(edges[0], str):
+        edges = [edges]
+    masks: dict[int, torch.Tensor] = {}
+    for edge in edges:
+        if not (isinstance(edge, (tuple, list)) and len(edge) == 3):
+            raise ValueError(f"an edge is (head, query, key), e.g. ('L1H2', 'END', 'S2'); got {edge!r}")
+        p = normalise_patch(component_patch(edge[0]), f, seq)
+        if p.site != "head":
+            raise ValueError(f"edge {edge!r}: knockout removes attention edges of a head "
+                             "('L1H2'), not of an MLP")
+        q = _position(edge[1], pairs, f"edge {edge!r} query")
+        k = _position(edge[2], pairs, f"edge {edge!r} key")
+        masks.setdefault(p.layer, torch.zeros(f.n_heads, seq, seq, dtype=torch.bool))[p.head, q, k] = True
+    for layer, m in masks.items():
+        full = m.tril().sum(-1) == torch.arange(1, seq + 1)  # every key a query can see
+        if full.any():
+            h, q = full.nonzero()[0].tolist()
+            raise ValueError(f"L{layer}H{h}: every key position 0..{q} of query {q} is knocked "
+                             "out, leaving nothing to attend to; keep at least one key")
+    return dict(sorted(masks.items()))
+
+
+def _knockout_trace(mh: ModelHandle, ids: torch.Tensor, masks: dict[int, torch.Tensor],
+                    pattern_layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One traced forward of ``ids`` with the masks (``[rows or 1, n_heads, seq, seq]``) applied;
+    (last-position logits, the edited pattern of ``pattern_layer`` or None)."""
+    f = mh.anatomy
+    impl = getattr(mh.hf.config, "_attn_implementation", None)
+    if impl != "eager":
+        raise ValueError(f"attention knockout edits the attention weights of the eager "
+                         f"implementation, but this model uses {impl!r}: load it with "
+                         "attn_implementation='eager' (helpers.load_model does)")
+    device = mh.device
+    # envoys resolved before the trace (no helpers calls inside it)
+    steps = [(f.attn(mh.model, layer).source.attention_interface_1, m) for layer, m in masks.items()]
+    want = None if pattern_layer is None else f.attn(mh.model, pattern_layer)
+    unembed = f.unembed(mh.model)
+    pattern = None
+    with torch.no_grad(), mh.model.trace(ids.to(device), logits_to_keep=1, use_cache=False,
+                                      **mh.trace_kwargs):
+        for iface, mask in steps:
+            w = iface.source.nn_functional_dropout_0.output
+            m = mask.to(w.device)
+            kept = w.masked_fill(m, 0)
+            # rows that lose no weight stay bit-identical (their sum need not be exactly 1)
+            lost = w.masked_fill(~m, 0).sum(-1, keepdim=True) > 0
+            total = kept.sum(-1, keepdim=True)
+            iface.source.nn_functional_dropout_0.output = kept / torch.where(lost, total,
+                                                                             torch.ones_like(total))
+        if want is not None:
+            pattern = want.output[1].clone().save()
+        logits = unembed.output[:, -1].clone().save()
+    logits = f.logits(logits)
+    check_finite(logits, "the logits of the knocked-out run (a sliding window hiding every "
+                 "key left to a query?)")
+    return logits, pattern
+
+
+def knockout(model: Any, pairs: PromptPairs, edges: Sequence[Any],
+             batch_size: int | None = None) -> PatchResult:
+    """Knock out attention ``edges`` in the clean run: ``[("L1H2", "END", "S2"), ...]``
+    (head, query, key; positions as roles or token indices) jointly, or several edge sets (a
+    list of lists: one result column each).  ``values[metric]`` ``[n_prompts, n_sets]``,
+    ``site="knockout"``, ``direction="noise"``, both baselines (``score()`` works)."""
+    mh = handle(model)
+    check_pairs(mh, pairs)
+    edges = list(edges)
+    sets = [edges] if not edges or not isinstance(edges[0], list) else [list(s) for s in edges]
+    masks = [_edge_masks(mh, pairs, s) for s in sets]
+    n, f = len(pairs), mh.anatomy
+    clean_logits = cache_activations(mh, pairs.clean_ids, [])[1]
+    values: dict[str, torch.Tensor] = {}
+    size = batch_size or rows_per_chunk(mh.anatomy, pairs.seq_len, sweep_budget_mb(clean_logits.device))
+    jobs = [(i, k) for k in range(len(sets)) for i in range(n)]
+    empty = torch.zeros(f.n_heads, pairs.seq_len, pairs.seq_len, dtype=torch.bool)
+    for j in range(0, len(jobs), size):
+        chunk = jobs[j: j + size]
+        rows = torch.tensor([i for i, _ in chunk])
+        layers = sorted({L for _, k in chunk for L in masks[k]})
+        batch = {L: torch.stack([masks[k].get(L, empty) for _, k in chunk]) for L in layers}
+        logits, _ = _knockout_trace(mh, pairs.clean_ids[rows], batch)
+        got = metrics_of(logits, pairs, clean_logits, rows.to(logits.device))
+        for m, v in got.items():
+            values.setdefault(m, torch.empty(n, len(sets), dtype=v.dtype))
+            values[m][rows, torch.tensor([k for _, k in chunk])] = v.cpu()
+    labels = [" + ".join(f"{h}:{q}->{k}" for h, q, k in s) or "(none)" for s in sets]
+    return _result(mh, pairs, values, labels, "knockout", [], clean_logits)
+
+
+def knockout_patterns(model: Any, pairs: PromptPairs, edges: Sequence[Any], layer: int,
+                      run: str = "clean") -> torch.Tensor:
+    """Block ``layer``'s attention weights ``[n, n_heads, seq, seq]`` in the ``run`` prompts
+    with ``edges`` knocked out (what the values are multiplied by)."""
+    mh = handle(model)
+
+    check_pairs(mh, pairs)
+    layer = norm_index(layer, mh.anatomy.n_layers, "layer", "blocks in this model")
+    ids = pairs.clean_ids if run == "clean" else pairs.corrupted_ids
+    masks = {L: m[None] for L, m in _edge_masks(mh, pairs, list(edges)).items()}
+    return _knockout_trace(mh, ids, masks, layer)[1]

@@ -1,0 +1,210 @@
+"""Chapter 10's own figures: the behaviour with its intervals, attention and MLP outputs side by
+side, every head's attention along the IOI routes, the path-patching evidence of each head class,
+the backup test, the circuit as a diagram and its depth beside GPT-2 small's."""
+from __future__ import annotations
+
+import textwrap
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from helpers.base.fmt import head_name, num, parse_head
+from helpers.circuits.ioi_classes import GPT2_SMALL, members
+from helpers.results.patch_result import PatchResult
+from helpers.teach.diagrams import Edge, Node, draw_diagram
+from helpers.teach.figures.positions import wrap_colourbar_label
+from helpers.teach.plotting import ANNOT_PT, CMAP, plot_patching
+
+__all__ = ["behaviour", "components", "attention_maps", "evidence_maps", "backup", "circuit_diagram",
+           "depth_comparison"]
+
+COLOURS = {"name mover": "#f4cccc", "negative name mover": "#d9d2e9", "backup name mover": "#fce5cd",
+           "S-inhibition": "#d9ead3", "induction": "#cfe2f3", "duplicate token": "#fff2cc",
+           "previous token": "#ead1dc"}
+
+
+def behaviour(b: Any) -> Any:
+    """``helpers.circuits.ioi_classes.Behaviour`` as two panels: the two rates (0..1) and the mean logit
+    difference, each with its 95 % bootstrap interval.  Returns the Figure."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 2.4), gridspec_kw={"width_ratios": [2, 1]})
+    names = ["IO is the top-1 token", "IO's logit above S's"]
+    vals = [b.top1, b.io_over_s]
+    cis = [b.top1_ci, b.io_over_s_ci]
+    err = np.array([[v - lo for v, (lo, _) in zip(vals, cis)], [hi - v for v, (_, hi) in zip(vals, cis)]])
+    ax1.barh(names, vals, xerr=err, color="#9fc5e8", capsize=4)
+    for i, v in enumerate(vals):
+        ax1.text(0.02, i, f"{num(100 * v, 1)} %", va="center", fontsize=9)
+    ax1.set_xlim(0, 1)
+    ax1.invert_yaxis()
+    ax1.set_xlabel(f"share of {b.n} prompts (95 % interval)")
+    lo, hi = b.logit_diff_ci
+    ax2.barh(["mean logit diff IO - S"], [b.logit_diff], xerr=[[b.logit_diff - lo], [hi - b.logit_diff]],
+             color="#b6d7a8", capsize=4)
+    ax2.text(0.05 * max(hi, 1e-9), 0, num(b.logit_diff), va="center", fontsize=9)
+    ax2.set_xlim(min(0.0, lo * 1.1), max(hi * 1.15, 1e-9))
+    ax2.set_xlabel("logit difference")
+    fig.suptitle("IOI behaviour on random prompts (every template, both name orders)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def components(attn: PatchResult, mlp: PatchResult, normalise: bool = True) -> Any:
+    """Attention outputs and MLP outputs patched block by block at each position, side by side
+    on one colour scale.  Returns the Figure."""
+    n_layers, seq = attn.shape
+    fig, axes = plt.subplots(1, 2, figsize=(2 * (2.6 + 0.55 * seq), 2.0 + 0.26 * n_layers))
+    for ax, r, what in zip(axes, (attn, mlp), ("attention output", "MLP output")):
+        plot_patching(r, normalise=normalise, ax=ax, title=f"{what} of each block (denoising)",
+                      annotate=False)
+        wrap_colourbar_label(ax, 24)
+    if not normalise:
+        limit = max(float(np.abs(r.grid(False).numpy()).max()) for r in (attn, mlp)) or 1.0
+        for ax in axes:
+            ax.collections[0].set_clim(-limit, limit)
+    fig.tight_layout()
+    return fig
+
+
+def _head_map(ax: Any, data: np.ndarray, vmin: float, vmax: float, cmap: Any, title: str,
+              boxes: Sequence[str] = ()) -> Any:
+    im = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    n_layers, n_heads = data.shape
+    ax.set_xticks(range(n_heads), [f"H{h}" for h in range(n_heads)], fontsize=8)
+    step = 1 if n_layers <= 16 else 3
+    ax.set_yticks(range(0, n_layers, step), [f"L{i}" for i in range(0, n_layers, step)], fontsize=8)
+    ax.set_title(title, fontsize=10)
+    for name in boxes:
+        layer, head = parse_head(name)
+        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, lw=1.8, ec="black"))
+        dark = abs(float(data[layer, head])) > 0.6 * max(abs(vmin), abs(vmax))
+        ax.text(head, layer, name, ha="center", va="center", fontsize=ANNOT_PT,
+                color="white" if dark else "black")
+    return im
+
+
+def attention_maps(attention: Mapping[str, torch.Tensor], routes: Sequence[str] | None = None,
+                   min_attention: float = 0.3) -> Any:
+    """One block x head map per route (``helpers.circuits.ioi_classes.attention_to_roles``), 0..1; heads at
+    or above ``min_attention`` are boxed and named.  Returns the Figure."""
+    routes = list(routes or [r for r in attention if not r.startswith("backup:")])
+    n_layers, n_heads = next(iter(attention.values())).shape
+    fig, axes = plt.subplots(1, len(routes), figsize=(1.0 + 2.3 * len(routes), 2.0 + 0.2 * n_layers),
+                             squeeze=False, layout="constrained")
+    for ax, route in zip(axes[0], routes):
+        data = attention[route].double().numpy()
+        above = [head_name(L, h) for L, h in zip(*np.nonzero(data >= min_attention))]
+        im = _head_map(ax, data, 0, 1, "Greys", f"{route}\n({len(above)} at >= {min_attention})",
+                       above)
+    axes[0, 0].set_ylabel("block")
+    bar = fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
+    bar.set_label("mean attention weight", fontsize=9)
+    fig.suptitle("Where every head looks (clean prompts): query -> key", fontsize=11)
+    return fig
+
+
+def evidence_maps(shares: Mapping[str, torch.Tensor], members: Mapping[str, Sequence[str]],
+                  normalise: bool = True) -> Any:
+    """One block x head map per measured effect (``shares``: title -> ``[n_layers, n_heads]``,
+    share of the gap), one colour scale centred on 0, each panel's class members boxed and named.
+    Returns the Figure."""
+    scale = 100.0 if normalise else 1.0
+    data = {k: v.double().numpy() * scale for k, v in shares.items()}
+    limit = max(float(np.abs(d).max()) for d in data.values()) or 1.0
+    n_layers = next(iter(data.values())).shape[0]
+    fig, axes = plt.subplots(1, len(data), figsize=(1.4 + 3.0 * len(data), 2.0 + 0.2 * n_layers),
+                             squeeze=False, layout="constrained")
+    for ax, (title, d) in zip(axes[0], data.items()):
+        im = _head_map(ax, d, -limit, limit, CMAP, textwrap.fill(title, 34), members.get(title, ()))
+    axes[0, 0].set_ylabel("sender block")
+    what = "% of the clean - corrupted gap" if normalise else "change in the logit difference"
+    bar = fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
+    bar.set_label(textwrap.fill(what, 24), fontsize=9)
+    return fig
+
+
+def backup(before: torch.Tensor, after: torch.Tensor, ablated: Sequence[str], top: int = 8) -> Any:
+    """Direct logit attribution of the heads that change most when ``ablated`` are mean-ablated:
+    before and after, paired bars (``before``/``after``: ``[n_layers, n_heads]``, prompt means).
+    Returns the Figure."""
+    change = (after - before).double()
+    for name in ablated:
+        change[parse_head(name)] = 0.0
+    flat = change.abs().flatten()
+    order = [int(i) for i in torch.argsort(-flat, stable=True)[:top]]
+    n_heads = before.shape[1]
+    names = [head_name(i // n_heads, i % n_heads) for i in order]
+    b = [float(before.flatten()[i]) for i in order]
+    a = [float(after.flatten()[i]) for i in order]
+    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(names), 3.2))
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, b, 0.4, label="all heads present", color="#9fc5e8")
+    ax.bar(x + 0.2, a, 0.4, label=f"{', '.join(ablated) or 'none'} mean-ablated", color="#f6b26b")
+    for xi, (u, v) in enumerate(zip(b, a)):
+        for dx, y in ((-0.2, u), (0.2, v)):
+            ax.text(xi + dx, y, num(y), ha="center", va="bottom" if y >= 0 else "top", fontsize=ANNOT_PT)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("direct logit attribution\n(IO - S, clean prompts)")
+    ax.set_title("Which heads take over when the name movers are gone?", fontsize=11)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+_STAGES = [("previous token", 0, 0.0), ("duplicate token", 1, 1.3), ("induction", 1, 0.0),
+           ("S-inhibition", 2, 0.65), ("name mover", 3, 0.0), ("backup name mover", 3, 1.3),
+           ("negative name mover", 3, 2.6)]
+_EDGES = [("previous token", "induction", "keys at S1+1"), ("induction", "S-inhibition", "values at S2"),
+          ("duplicate token", "S-inhibition", "values at S2"), ("S-inhibition", "name mover", "queries at END"),
+          ("name mover", "logits", "+ IO"), ("backup name mover", "logits", "+ IO if needed"),
+          ("negative name mover", "logits", "- IO")]
+
+
+def circuit_diagram(table: Any, model_label: str = "", others: Sequence[str] = ()) -> Any:
+    """The circuit found (a ``helpers.circuits.ioi_classes.classify`` table) as a diagram: one box per
+    class with its member heads (classes with none found drawn as "none found"), arrows along
+    the routes the classes were found by, and the heads ``others`` that write to the logits
+    directly but fit no class.  Returns the Figure."""
+
+    nodes, found = [], {}
+    for name, col, row in _STAGES:
+        heads = members(table, name)
+        found[name] = bool(heads)
+        text = f"{name}\n" + (textwrap.fill(", ".join(heads), 26) if heads else "none found")
+        nodes.append(Node(name, text, col, row, COLOURS[name] if heads else "white"))
+    nodes.append(Node("logits", "logits at END\n(IO - S)", 4.4, 1.3))
+    edges = [Edge(a, b, label) for a, b, label in _EDGES]
+    if others:
+        nodes.append(Node("others", "no class, direct path\n" + textwrap.fill(", ".join(others), 26),
+                          4.4, 2.9, "#eeeeee"))
+        edges.append(Edge("others", "logits", "direct"))
+    note = ("Coloured boxes: classes with members; white: no head met both criteria (see the "
+            "evidence table); grey: heads with a direct path that fit no class. Arrows: the routes "
+            "each class was tested on.")
+    return draw_diagram(nodes, edges, title=f"The IOI circuit found in {model_label}".strip(), note=note)
+
+
+def depth_comparison(comparison: Any, n_layers: int, gpt2_layers: int = 12) -> Any:
+    """Each class's member blocks as a fraction of depth ((block + 1) / n_layers), this model
+    beside GPT-2 small (``helpers.circuits.ioi_classes.gpt2_comparison``).  Returns the Figure."""
+
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(comparison)))
+    for i, (name, row) in enumerate(comparison.iterrows()):
+        here = [] if row["this model"] == "none found" else [
+            (parse_head(h.strip())[0] + 1) / n_layers for h in row["this model"].split(",")]
+        theirs = [(layer + 1) / gpt2_layers for layer, _ in GPT2_SMALL.get(name, [])]
+        ax.scatter(here, [i - 0.12] * len(here), color="#cc0000", s=30, label="this model")
+        ax.scatter(theirs, [i + 0.12] * len(theirs), color="#3d85c6", s=30, marker="s",
+                   label="GPT-2 small (Wang et al.)")
+    ax.set_yticks(range(len(comparison)), comparison.index)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("depth: (block + 1) / number of blocks")
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=8, loc="lower left")
+    ax.set_title("Where each class sits, as a fraction of depth", fontsize=11)
+    fig.tight_layout()
+    return fig
