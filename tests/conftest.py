@@ -56,6 +56,30 @@ def gpt2_standin_dir(tmp_path_factory) -> Path:
     return build_gpt2_standin(tmp_path_factory.mktemp("gpt2-standin") / "gpt2-small", seed=0)
 
 
+# --------------------------------------------------------------------------- NDIF, served here
+
+@pytest.fixture
+def helpers_by_reference(monkeypatch):
+    """Requests refer to helpers by name, as from a pip-installed package: nnsight ships a
+    package's code with a request (``nnsight.register``) when it finds it in the working tree
+    rather than installed (``pull_env``), which would hide rule (c)'s violations."""
+    import cloudpickle.cloudpickle as cp
+    from nnsight.ndif import pull_env
+
+    pull_env()  # once per process: done now, so it registers nothing later in the test
+    kept = {m for m in cp._PICKLE_BY_VALUE_MODULES if m != "helpers" and not m.startswith("helpers.")}
+    monkeypatch.setattr(cp, "_PICKLE_BY_VALUE_MODULES", kept)
+
+
+@pytest.fixture
+def strict(monkeypatch):
+    """``remote="local"`` traces served like NDIF serves them, with helpers hidden
+    (``tests/ndif_local.py``)."""
+    from ndif_local import serve_strictly
+
+    serve_strictly(monkeypatch)
+
+
 # --------------------------------------------------------------------------- models
 
 @pytest.fixture(scope="session")
@@ -95,12 +119,20 @@ def gpt2_tokenizer():
 
 @pytest.fixture(scope="session")
 def smollm2_cache(tmp_path_factory) -> Path:
-    """SmolLM2-135M converted once per session (per xdist worker) into a temporary cache, which
-    ``PATCHLAB_CACHE`` then points at for this process and the kernels it starts (never the
-    user's cache). Needs the wheel that scripts/setup.sh installs; about a minute."""
+    """A cache folder holding SmolLM2-135M converted, which ``PATCHLAB_CACHE`` then points at for
+    this process and the kernels it starts. The cache ``scripts/setup.sh`` filled (the one
+    ``load_model("smollm2-135m")`` uses) when it holds a current conversion: only read, never
+    written (``prepare`` returns a current folder at once). Otherwise the model is converted
+    once per session (per xdist worker) into a temporary cache, never the user's: about a
+    minute. Needs the wheel that scripts/setup.sh installs."""
     from helpers.models import gguf
 
-    cache = tmp_path_factory.mktemp("patchlab-cache")
+    name = "smollm2-135m"
+    user = gguf.cache_root()
+    if gguf._is_current(user / name, gguf.REGISTRY[name]):
+        cache = user
+    else:
+        cache = tmp_path_factory.mktemp("patchlab-cache")
+        gguf.prepare(name, cache_dir=cache, progress=lambda _: None)
     os.environ["PATCHLAB_CACHE"] = str(cache)
-    gguf.prepare("smollm2-135m", cache_dir=cache, progress=lambda _: None)
     return cache

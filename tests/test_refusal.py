@@ -13,7 +13,8 @@ import reference_hooks as ref
 import torch
 
 import helpers as H
-from helpers.circuits.search import component_patch, minimal_circuit
+from stamps import Stamp
+from helpers.circuits import component_patch, minimal_circuit
 from helpers.data.behaviours import REFUSAL, binary_pairs, fill
 from helpers.organism import BUNDLED_MODELS
 from helpers.organism.train_refusal import combination_split, request
@@ -81,40 +82,37 @@ def per_request_logit_diffs(model, texts) -> torch.Tensor:
     return torch.stack(out)
 
 
-@pytest.fixture(scope="module")
-def full_retrain(tmp_path_factory):
-    """The whole refusal recipe retrained from scratch (1.5-3 minutes on one core) and
-    loaded. Its bytes equal the shipped file only on a CPU with the same float rounding, so
-    the tests below compare behaviour, not checksums."""
-    out = tmp_path_factory.mktemp("refusal-retrain") / "retrained"
+#: The full retrain is stamp-gated (tests/stamps.py): it runs when the training recipe, the code
+#: it runs, the code that judges it or the pins changed since it last passed.
+RETRAIN = Stamp("refusal-tiny-retrain", modules=["helpers.organism.train_refusal",
+                                                 "helpers.models.loading", "helpers.data.behaviours"],
+                files=["tests/test_refusal.py", "helpers/organism/refusal/model.safetensors"])
+
+
+@pytest.mark.slow
+def test_full_retrain_behaves_like_the_shipped_model(tmp_path, refusal):
+    """The whole refusal recipe retrained from scratch (1.5-3 minutes on one core), loaded and
+    judged by behaviour (its bytes equal the shipped file only on a CPU with the same float
+    rounding): 99 % accurate on fresh held-out requests of both splits, the same answer as the
+    shipped model on every fixed request with a margin, the same average confidence within 10 %."""
+    start = RETRAIN.gate()
+    out = tmp_path / "retrained"
     subprocess.run([sys.executable, "-m", "helpers.organism.train_refusal", "--out", str(out)],
                    check=True, capture_output=True, text=True)
-    return H.load_model(out)
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("refusal-full-retrain")  # one retrain for both tests
-@pytest.mark.parametrize("split", HELDOUT_SPLITS)
-def test_full_retrain_is_99_percent_accurate_on_fresh_heldout_requests(full_retrain, split):
-    assert heldout_accuracy(full_retrain, split) >= 0.99
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("refusal-full-retrain")
-def test_full_retrain_answers_every_fixed_request_like_the_shipped_model(full_retrain, refusal):
+    retrain = H.load_model(out)
+    for split in HELDOUT_SPLITS:
+        assert heldout_accuracy(retrain, split) >= 0.99, split
     texts = fixed_requests()
     assert len(texts) == 32
     shipped = per_request_logit_diffs(refusal, texts)
     assert (shipped > 0).tolist() == [True, False] * 16  # harmful, harmless, harmful, ...
-    retrained = per_request_logit_diffs(full_retrain, texts)
-    # A retrain on another CPU is another model (float rounding makes SGD take another path:
-    # per-request logit differences correlate only weakly), so the check is behavioural: the same
-    # answer for every fixed request, with a margin, and the same average confidence within 10 %.
+    retrained = per_request_logit_diffs(retrain, texts)
     same_side = (retrained.sign() == shipped.sign()) & (retrained.abs() > 1.0)
     assert same_side.all(), [(texts[i], float(shipped[i]), float(retrained[i]))
                              for i in (~same_side).nonzero().flatten().tolist()]
     ratio = float(retrained.abs().mean() / shipped.abs().mean())
     assert 0.9 <= ratio <= 1.1, f"mean |logit difference| retrained / shipped = {ratio:.3f}"
+    RETRAIN.record(start, f"held-out accuracy >= 0.99; |logit diff| ratio {ratio:.3f}")
 
 
 def test_pairs_differ_in_the_decisive_word_only(refusal):

@@ -28,18 +28,13 @@ limits, its sandbox) is listed in the README section "Scaling up: NDIF".
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import linecache
 import shutil
 import sys
-import types
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+from ndif_local import HelpersReached, Hidden, serve_like_ndif
 from tiny_models import save_random_model
 
 import helpers as H
@@ -50,116 +45,6 @@ from helpers.results.metrics import logit_diff
 
 TOL = 1e-10
 HUB_ID = "meta-llama/Llama-3.1-8B"
-
-
-# --------------------------------------------------------------------------- the strict check
-
-class HelpersReached(RuntimeError):
-    """A trace body (or something it carries) used the helpers package, which NDIF lacks."""
-
-
-class _Hidden(types.ModuleType):
-    def __repr__(self) -> str:
-        return f"<hidden module {self.__name__!r}>"
-
-    def __getattr__(self, name: str):
-        raise HelpersReached(f"the trace reached {self.__name__}.{name}: an NDIF server has no "
-                             "helpers package (resolve it before the `with model.trace(...)`)")
-
-
-class _NoHelpersImport:
-    def find_spec(self, name, path=None, target=None):
-        if name == "helpers" or name.startswith("helpers."):
-            raise HelpersReached(f"the trace imported {name}: an NDIF server has no helpers package")
-        return None
-
-
-@contextlib.contextmanager
-def helpers_hidden():
-    """``helpers`` is unusable inside: modules raise on attribute access, imports raise."""
-    real = {k: v for k, v in sys.modules.items() if k == "helpers" or k.startswith("helpers.")}
-    blocker = _NoHelpersImport()
-    for key in real:
-        sys.modules[key] = _Hidden(key)
-    sys.meta_path.insert(0, blocker)
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(blocker)
-        for key in [k for k in sys.modules if k == "helpers" or k.startswith("helpers.")]:
-            del sys.modules[key]
-        sys.modules.update(real)
-
-
-def serve_like_ndif(blob: bytes, server, env=None, compress: bool = False) -> bytes:
-    """An NDIF worker's part of a request, here, with helpers hidden: deserialise the request
-    against ``server``'s modules, run the *deserialised* body on its deserialised variables,
-    and return its saved names as a result blob (``torch.save``, zstd if ``compress``)."""
-    import cloudpickle.cloudpickle as cp
-    from nnsight.schema.request import RequestModel
-    from nnsight.tracing.tracer import _saves
-
-    assert "helpers" not in cp._PICKLE_BY_VALUE_MODULES  # else helpers' code would ship with it
-    cached = dict(linecache.cache)  # deserialize registers the body's source under its file
-    buffer = io.BytesIO()
-    try:
-        with helpers_hidden():
-            restored = RequestModel.deserialize(blob, server._remoteable_persistent_objects(),
-                                                compress=compress)
-            if env:
-                server._remoteable_set_env(env)
-            restored.execute(restored.info.code)
-            saves = _saves()
-            result = {k: v for k, v in restored.info.frame.f_locals.items() if id(v) in saves}
-            torch.save(result, buffer)
-    finally:
-        linecache.cache.clear()
-        linecache.cache.update(cached)
-    data = buffer.getvalue()
-    if compress:
-        import zstandard
-
-        data = zstandard.ZstdCompressor().compress(data)
-    return data
-
-
-def _load(data: bytes) -> dict:
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-
-
-def _push(tracer, result: dict) -> None:
-    """Hand the saved values back to the caller's frame, as nnsight's RemoteBackend does."""
-    from nnsight.tracing.tracer import mark
-    from nnsight.tracing.util import push
-
-    for value in result.values():
-        mark(value)
-    push(tracer.info.frame, result)
-
-
-@pytest.fixture
-def helpers_by_reference(monkeypatch):
-    """Requests refer to helpers by name, as from a pip-installed package: nnsight ships a
-    package's code with a request (``nnsight.register``) when it finds it in the working tree
-    rather than installed (``pull_env``), which would hide rule (c)'s violations."""
-    import cloudpickle.cloudpickle as cp
-    from nnsight.ndif import pull_env
-
-    pull_env()  # once per process: done now, so it registers nothing later in the test
-    kept = {m for m in cp._PICKLE_BY_VALUE_MODULES if m != "helpers" and not m.startswith("helpers.")}
-    monkeypatch.setattr(cp, "_PICKLE_BY_VALUE_MODULES", kept)
-
-
-@pytest.fixture
-def strict(monkeypatch, helpers_by_reference):
-    """``remote="local"`` traces served like NDIF serves them, with helpers hidden."""
-    from nnsight.intervention.backends.local import LocalSimulationBackend
-    from nnsight.schema.request import RequestModel
-
-    def serve(self, tracer):
-        _push(tracer, _load(serve_like_ndif(RequestModel.serialize(tracer), self.model)))
-
-    monkeypatch.setattr(LocalSimulationBackend, "__call__", serve)
 
 
 # --------------------------------------------------------------------------- models and pairs
@@ -283,7 +168,7 @@ def test_the_strict_check_fails_a_body_that_uses_helpers_or_fills_an_outside_lis
     with pytest.raises(HelpersReached, match="helpers.models.anatomy"):
         carries()
     assert fills() == []  # as on NDIF: the server's copy of the list was filled, not this one
-    assert "helpers" in sys.modules and not isinstance(sys.modules["helpers"], _Hidden)
+    assert "helpers" in sys.modules and not isinstance(sys.modules["helpers"], Hidden)
 
 
 def test_nnsights_dry_run_alone_misses_what_the_strict_check_catches(models):
@@ -440,54 +325,3 @@ def test_attention_without_weights_is_reported_through_the_remote_path(llama_dir
     hf_model(model).set_attn_implementation("sdpa")  # returns no attention weights
     with pytest.raises(RuntimeError, match="returns no weights"):
         H.attention_patterns(model, torch.tensor([[1, 2, 3]]), 0)
-
-
-# --------------------------------------------------------------------------- the chapters
-
-CHAPTERS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-#: chapters that stop, with this error, at a helper that does not run on remote models yet
-LOCAL_ONLY = {"09": "path patching runs on a local model only for now",
-              "10": "run on a local model only for now"}
-#: chapters whose default model is not bundled run this test on the bundled ioi-tiny
-MODEL = {"10": "ioi-tiny"}
-
-
-def _run_chapter(path: Path, overrides: dict) -> dict:
-    """Execute a chapter's code cells in this process, the ``parameters`` cell followed by
-    ``overrides`` (as papermill injects them); returns the chapter's namespace."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import nbformat
-
-    namespace: dict = {"__name__": "__chapter__"}
-    for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
-        if cell.cell_type != "code":
-            continue
-        name = f"<{path.stem} cell {i}>"   # nnsight reads a trace's body back from its source
-        linecache.cache[name] = (len(cell.source), None, cell.source.splitlines(True), name)
-        exec(compile(cell.source, name, "exec"), namespace)
-        if "parameters" in cell.metadata.get("tags", []):
-            namespace.update(overrides)
-        plt.close("all")
-    return namespace
-
-
-@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem[:2] for p in CHAPTERS])
-def test_every_chapter_runs_as_ndif_would_with_remote_local(path, strict, tmp_path):
-    """The chapters' ``remote`` parameter: with ``remote="local"`` every trace a chapter makes,
-    its hand-written nnsight included, is served like an NDIF request with helpers hidden, and
-    the chapter still reaches its results file (which records the parameter)."""
-    overrides = {"remote": "local", "n_pairs": 4, "show_widgets": False, "output_dir": str(tmp_path)}
-    if path.stem[:2] in MODEL:
-        overrides["model_name"] = MODEL[path.stem[:2]]
-    if path.stem[:2] in LOCAL_ONLY:   # its hand-written traces run remotely; then the clear refusal
-        with pytest.raises(ValueError, match=LOCAL_ONLY[path.stem[:2]]):
-            _run_chapter(path, overrides)
-        return
-    ns = _run_chapter(path, overrides)
-    assert remote_mode(ns["model"]) == "local"
-    results = list(tmp_path.glob("*/results.json"))
-    assert len(results) == 1, f"{path.name} wrote {results}"
-    assert json.loads(results[0].read_text())["remote"] == "local"
