@@ -136,3 +136,19 @@ def smollm2_cache(tmp_path_factory) -> Path:
         gguf.prepare(name, cache_dir=cache, progress=lambda _: None)
     os.environ["PATCHLAB_CACHE"] = str(cache)
     return cache
+
+
+# --------------------------------------------------------------------------- scheduling
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Long items first: the slow tier, then the chapter runs (nbval cells, papermill and
+    in-process runs), then the rest, each in its collected order (a notebook's nbval cells stay
+    in order). Two xdist workers then start on the long groups and fill in with short tests, so
+    neither idles at the end while the other runs a long chapter."""
+    def rank(item) -> int:
+        if item.get_closest_marker("slow"):
+            return 0
+        return 1 if item.get_closest_marker("notebooks") else 2
+
+    items.sort(key=rank)

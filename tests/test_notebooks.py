@@ -10,7 +10,7 @@ these tests check that the parameters really drive the chapters. Each chapter ru
   refusal, checked separately, and run their parameter check locally);
 * on a tiny random Llama (another family: grouped-query attention, RMSNorm, rotary positions,
   GPT-2's byte-level tokenizer): every module a chapter touches by hand comes from the anatomy;
-* on a random GPT-2 with GPT-2 small's grid (12 blocks x 12 heads, 1024 positions) and GPT-2's
+* (slow tier) on a random GPT-2 with GPT-2 small's grid (12 blocks x 12 heads, 1024 positions) and GPT-2's
   real tokenizer, narrow (d_model 96) so it runs in seconds: GPT-2's module paths with a
   byte-level vocabulary and GPT-2 small's figure and table shapes (the full-width stand-in's
   memory is measured by benchmarks/chapter_memory.py, not here);
@@ -128,6 +128,7 @@ def test_chapter_runs_on_a_tiny_llama(nb, tmp_path, tiny_llama_dir):
     _runs_on(nb, tmp_path, tiny_llama_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
 def test_chapter_runs_on_gpt2_with_gpt2_smalls_grid_and_tokenizer(nb, tmp_path, gpt2_grid_dir):
     _runs_on(nb, tmp_path, gpt2_grid_dir)
