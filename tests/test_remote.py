@@ -418,7 +418,7 @@ def test_no_network_for_the_hub_config_is_said_so(ndif_key):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(name="ioi-tiny", remote=True), "remote='local'"),
     (dict(name=HUB_ID, remote=True, dtype="bfloat16"), "leave device= and dtype= unset"),
-    (dict(name="ioi-tiny", remote="yes"), "must be False"),
+    (dict(name="ioi-tiny", remote="yes"), "remote='yes' is not a valid choice.*False, True, 'local'"),
     (dict(name="ioi-tiny", ndif_id=HUB_ID), "only applies with remote=True"),
 ])
 def test_remote_arguments_that_cannot_work_are_refused(kwargs, match, ndif_key):

@@ -184,6 +184,9 @@ def _union_test(members: tuple[Any, ...]) -> Callable[[Any, str], None] | None:
             if hinted:
                 raise InputTypeError(f"{name} must be {wanted}, got the string {value!r}: write "
                                      f"{name}={value.strip()} (a number, not the text {value!r})")
+        indexed = [e for e in errors if str(e).startswith(f"{name}[")]  # one item of a list
+        if indexed:
+            raise indexed[0]
         specific = [e for e in errors if not isinstance(e, InputTypeError)]
         if specific:  # the right type, a bad value (out of range, a near miss): say that
             raise specific[0]

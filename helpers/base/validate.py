@@ -261,7 +261,7 @@ def as_seed(value: Any, name: str = "seed") -> int:
 
 
 #: The most memory one argument may ask for (an estimate, checked before allocating).
-MAX_BYTES = 2 * 1024 ** 3
+MAX_BYTES = 2 * 10 ** 9
 
 
 def _size(n_bytes: float) -> str:

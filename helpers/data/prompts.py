@@ -38,8 +38,10 @@ ROLES = ("IO", "S1", "S2", "END")
 Corruption = Literal["s2_swap", "answer_swap", "abc"]
 CORRUPTIONS: tuple[str, ...] = ("s2_swap", "answer_swap", "abc")
 Order = Literal["ABBA", "BABA"]
-#: Memory one prompt pair takes while a set is built (texts, spans, token lists; measured
-#: about 3 kB with the bundled tokenizer): what bounds ``n`` (``validate.check_memory``).
+#: Memory one prompt pair may take while a set is built (texts, spans, token lists): measured
+#: at a peak of 1.7 kB per pair with the bundled tokenizer (tracemalloc, 2,000 pairs), bounded
+#: at 4 kB for longer templates and other tokenizers; a random prompt alone takes 0.6 kB.
+#: What bounds ``n`` (``validate.check_memory``).
 PAIR_BYTES = 4096
 
 #: Names that are single tokens both for the bundled model and for GPT-2 (" John").

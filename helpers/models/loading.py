@@ -73,7 +73,7 @@ def _source(name: str | os.PathLike) -> tuple[str, bool]:
 
 
 def load_model(name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device | None = None,
-               dtype: torch.dtype | str | None = None, *, remote: bool | Literal["local"] = False,
+               dtype: torch.dtype | str | None = None, *, remote: Literal[False, True, "local"] = False,
                ndif_id: str | None = None) -> Any:
     """Load a causal language model of a supported family as an ``nnsight`` model.
 
