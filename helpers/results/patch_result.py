@@ -205,7 +205,8 @@ class PatchResult:
         (``"per_prompt"``: ``values[metric]`` ``[n_prompts, *shape]`` and both baselines
         ``[n_prompts]``), and (``stats``) the
         per-cell statistics table of ``stats()`` with its default settings: ``"stats"`` holds
-        the settings and ``"cells"``, one record per cell in ``to_frame``'s order."""
+        the settings and ``"cells"``, one record per cell in ``to_frame``'s order (a result of
+        one prompt has none: ``"stats"`` is None and ``"stats_note"`` says why)."""
         out: dict[str, Any] = {
             "site": self.site, "direction": self.direction, "metric": self.metric,
             "model": self.model_name, "method": self.method, "dims": list(self.dims),
