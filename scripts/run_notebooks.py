@@ -262,9 +262,14 @@ def run_one(nb: Path, out: Path, parameters: dict[str, Any], args) -> Result:
     from papermill.exceptions import PapermillExecutionError
 
     result = Result(nb.name, parameters=parameters, output=out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # reported in the summary like any other failure
+            raise NotebookProblem(f"cannot create the output folder {out.parent} "
+                                  f"({exc.strerror or exc}): pass --output-dir with a folder "
+                                  "you can write") from None
         pm.execute_notebook(
             str(nb),
             str(out),

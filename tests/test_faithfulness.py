@@ -140,11 +140,11 @@ def test_bad_circuit_inputs_say_how_to_fix_them(setup):
         F.evaluate_circuit(model, pairs, ["L0H1", "mlp1"], universe=["L0H1", "mlp0"])
     with pytest.raises(ValueError, match="unknown component 'head7'"):
         F.evaluate_circuit(model, pairs, ["head7"])
-    with pytest.raises(ValueError, match="unknown ablation kind 'noise'"):
+    with pytest.raises(ValueError, match="ablation='noise' is not a valid choice"):
         F.evaluate_circuit(model, pairs, ["L0H1"], "noise")
-    with pytest.raises(ValueError, match="unknown ablation kind"):
+    with pytest.raises(ValueError, match=r"ablations\[1\]='gauss' is not a valid choice"):
         F.compare_ablations(model, pairs, ["L0H1"], ["mean", "gauss"])
-    with pytest.raises(ValueError, match="metric must be one of"):
+    with pytest.raises(ValueError, match="metric=.kl_to_clean. is not a valid choice"):
         F.evaluate_circuit(model, pairs, ["L0H1"], metric="kl_to_clean")
     with pytest.raises(ValueError, match="at least 2 prompts"):
         F.evaluate_circuit(model, pairs[:1], ["L0H1"], "resample")

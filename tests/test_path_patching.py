@@ -294,7 +294,7 @@ def test_many_receivers_share_forward_passes_and_chunks_change_nothing(bundled64
 @pytest.mark.parametrize("kwargs, error", [
     (dict(senders=["head3"]), r"unknown sender 'head3': write 'embed', a head 'L0H3'"),
     (dict(senders=["L0H0@S9"]), r"sender 'L0H0': unknown role 'S9'; these prompts have the roles"),
-    (dict(senders=[3]), r"unknown sender 3: write"),
+    (dict(senders=[3]), r"senders\[0\] must be a string, got 3"),
     (dict(senders=["L9H0"]), r"layer=9 is out of range: there are 4 blocks"),
     (dict(senders=["L0H7"]), r"head=7 is out of range: there are 4 heads per layer"),
     (dict(receivers=["L2H0.x"]), r"unknown receiver 'L2H0.x': write a head's input 'L3H0.q'"),
@@ -307,9 +307,9 @@ def test_many_receivers_share_forward_passes_and_chunks_change_nothing(bundled64
     (dict(receiver_positions=99), r"position=99 is out of range"),
     (dict(senders=["L0H0", "L0H0"]), r"\['L0H0'\] given twice"),
     (dict(receivers=[]), r"no receivers"),
-    (dict(direction="sideways"), r"direction must be 'denoise'"),
-    (dict(method="loop"), r"method must be 'batched' or 'fast'"),
-    (dict(final_norm="off"), r"final_norm must be 'live'"),
+    (dict(direction="sideways"), r"direction='sideways' is not a valid choice.*'denoise', 'noise'"),
+    (dict(method="loop"), r"method='loop' is not a valid choice.*'fast', 'batched'"),
+    (dict(final_norm="off"), r"final_norm='off' is not a valid choice.*'live', 'frozen'"),
     (dict(metrics=("logit_diff",), metric="answer_prob"), r"holding metric=.answer_prob."),
 ])
 def test_bad_input_says_what_was_wrong(bundled64, kwargs, error):

@@ -114,5 +114,5 @@ def test_a_prompt_without_ioi_roles_is_explained(tok):
 
 
 def test_unknown_corruption_is_rejected(tok):
-    with pytest.raises(PromptError, match="unknown corruption"):
+    with pytest.raises(ValueError, match="corruption='gaussian' is not a valid choice.*'s2_swap'"):
         H.ioi_pairs(tok, n=2, corruption="gaussian")

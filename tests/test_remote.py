@@ -303,12 +303,16 @@ def test_no_network_for_the_hub_config_is_said_so(ndif_key):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(name="ioi-tiny", remote=True), "remote='local'"),
     (dict(name=HUB_ID, remote=True, dtype="bfloat16"), "leave device= and dtype= unset"),
-    (dict(name="ioi-tiny", remote="yes"), "must be False"),
     (dict(name="ioi-tiny", ndif_id=HUB_ID), "only applies with remote=True"),
 ])
 def test_remote_arguments_that_cannot_work_are_refused(kwargs, match, ndif_key):
     with pytest.raises(ModelLoadError, match=match):
         load_model(kwargs.pop("name"), **kwargs)
+
+
+def test_a_remote_mode_that_does_not_exist_is_refused_listing_the_three():
+    with pytest.raises(ValueError, match="remote='yes' is not a valid choice.*False, True, 'local'"):
+        load_model("ioi-tiny", remote="yes")
 
 
 def test_a_folder_needs_the_hub_id_ndif_runs(config_only, ndif_key):

@@ -167,3 +167,13 @@ def test_parameter_of_the_wrong_type_is_refused_before_anything_runs(folder, cap
 ])
 def test_values_that_fit_the_default_type_are_accepted(name, value, default):
     assert rn.typed_value_problem(name, value, default) is None
+
+
+def test_an_output_folder_that_cannot_be_created_is_a_failure_in_the_summary(folder, tmp_path, capsys):
+    folder("01_good.ipynb", GOOD)
+    (tmp_path / "file").write_text("")
+    code = rn.main(["--output-dir", str(tmp_path / "file" / "executed"), "--timeout", "60"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "01_good.ipynb: FAILED" in out and "cannot create the output folder" in out
+    assert "notebooks: 0 passed, 1 failed" in out

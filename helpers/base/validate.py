@@ -10,20 +10,41 @@
   inside the model's vocabulary and no longer than its context.
 * **Every forward pass ends in finite logits**, or an error names the first
   module whose output is not finite (see ``helpers.methods.sweeps.locate_non_finite``).
+* **Choices** (a run, a metric, an ablation kind, ...) are case-sensitive strings checked
+  against the allowed values; a near miss is named ("did you mean 'clean'?") and every valid
+  value listed (``check_choice``).  Public functions declare them as ``typing.Literal``
+  annotations and ``helpers.base.guard`` checks them at the edge, with the plain types
+  (int, float, bool, str, a list that is not a string) and the bounds of ``NAME_RULES``.
+* **Fractions** (thresholds, shares, ``alpha``) lie in [0, 1]; a percentage (80) is refused
+  with its fraction (0.8) as the fix (``as_fraction``).
+* **Sizes are bounded** by the memory they would take (``check_memory``, at most
+  ``MAX_BYTES``), never left to run out of memory.
+* **Every argument is used or refused**: one that has no effect in the chosen mode is an
+  error (``refuse_unused``).
+* **Things that belong together are checked together**: prompt pairs carry the fingerprint of
+  the vocabulary they were tokenized with (``vocab_fingerprint``).
 
 Each error says what was wrong and how to fix it.
 """
 from __future__ import annotations
 
+import difflib
+import hashlib
 import math
 import numbers
 import operator
-from typing import Any
+from typing import Any, Literal, Sequence
 
 import torch
 
 __all__ = ["InputTypeError", "InputRangeError", "as_index", "norm_index", "as_count", "check_ids", "NonFiniteError", "check_finite",
-           "first_non_finite", "json_text"]
+           "first_non_finite", "json_text", "InputChoiceError", "InputSizeError", "UnusedArgumentError",
+           "check_choice", "as_real", "as_number", "as_fraction", "as_seed", "check_memory", "refuse_unused",
+           "vocab_fingerprint", "NAME_RULES", "MAX_BYTES", "Run", "Direction"]
+
+#: The two runs of every prompt pair, and the two ways of patching between them.
+Run = Literal["clean", "corrupted"]
+Direction = Literal["denoise", "noise"]
 
 
 class InputTypeError(TypeError, ValueError):
@@ -32,6 +53,18 @@ class InputTypeError(TypeError, ValueError):
 
 class InputRangeError(IndexError, ValueError):
     """An index outside its range (caught by ``except IndexError`` and ``except ValueError``)."""
+
+
+class InputChoiceError(ValueError):
+    """A string choice that is not one of the allowed values (case-sensitive)."""
+
+
+class InputSizeError(ValueError):
+    """A size whose memory would exceed ``MAX_BYTES``: refused before anything is allocated."""
+
+
+class UnusedArgumentError(ValueError):
+    """An argument that would have no effect in the mode chosen by the other arguments."""
 
 
 class NonFiniteError(FloatingPointError):
@@ -156,3 +189,143 @@ def json_text(data: Any, default: Any = None) -> str:
         raise NonFiniteError(f"cannot save a non-finite value (NaN or infinity) at {where}: "
                              "JSON has no such number. Find where it came from (a forward pass "
                              "with non-finite values, a division by zero) before saving.") from err
+
+
+# --------------------------------------------------------------------------- choices, numbers, sizes
+
+def check_choice(value: Any, choices: Sequence[Any], name: str) -> Any:
+    """``value`` if it is one of ``choices`` (strings compared case-sensitively), else
+    ``InputChoiceError`` listing every choice and the nearest one ("did you mean ...?")."""
+    if any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        return value
+    listed = ", ".join(repr(c) for c in choices)
+    hint = ""
+    if isinstance(value, str):
+        words = [c for c in choices if isinstance(c, str)]
+        same_case = [c for c in words if c.lower() == value.lower()]
+        near = same_case or difflib.get_close_matches(value, words, n=1, cutoff=0.6)
+        if near:
+            hint = f" did you mean {near[0]!r}?" + (" (choices are case-sensitive)" if same_case else "")
+    raise InputChoiceError(f"{name}={value!r} is not a valid choice:{hint} choose one of {listed}")
+
+
+def as_real(value: Any, name: str, what: str = "a number") -> float:
+    """``value`` as a float: Python and numpy numbers and one-element tensors pass (NaN too);
+    ``bool``, ``None`` and text are refused (``"0.05"`` with the fix ``0.05``)."""
+    if isinstance(value, bool) or value is None:
+        raise InputTypeError(f"{name} must be {what}, got {value!r}")
+    if hasattr(value, "numel") and hasattr(value, "item") and getattr(value, "numel")() == 1:
+        value = value.item()
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            float(value)
+            fix = f": write {name}={value.strip()} (a number, not the text {value!r})"
+        except ValueError:
+            fix = ""
+        raise InputTypeError(f"{name} must be {what}, got the string {value!r}{fix}")
+    raise InputTypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+
+
+def as_number(value: Any, name: str, low: float | None = None, high: float | None = None,
+              low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite float inside ``[low, high]`` (an end open when ``*_open``)."""
+    lo = "-inf" if low is None else f"{low:g}"
+    hi = "inf" if high is None else f"{high:g}"
+    span = f"{'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
+    x = as_real(value, name, "a number" if low is None and high is None else f"a number in {span}")
+    bad = (not math.isfinite(x) or (low is not None and (x < low or (low_open and x == low)))
+           or (high is not None and (x > high or (high_open and x == high))))
+    if bad:
+        raise InputRangeError(f"{name}={value!r} is out of range: it must be a number in {span}")
+    return x
+
+
+def as_fraction(value: Any, name: str, open_ends: bool = False) -> float:
+    """A fraction in [0, 1] (``(0, 1)`` with ``open_ends``): thresholds, shares, ``alpha``.
+    A percentage such as 80 is refused with its fraction (0.8) as the fix."""
+    x = as_real(value, name, "a fraction between 0 and 1")
+    inside = 0 < x < 1 if open_ends else 0 <= x <= 1
+    if not inside:
+        fix = (f": it looks like a percentage; write {name}={x / 100:g}" if 1 < x <= 100 else
+               f"; e.g. {name}=0.05" if name == "alpha" else "")
+        span = "strictly between 0 and 1" if open_ends else "between 0 and 1"
+        raise InputRangeError(f"{name}={value!r} is out of range: it must be a fraction {span}{fix}")
+    return x
+
+
+def as_seed(value: Any, name: str = "seed") -> int:
+    """A random seed: a whole number >= 0 (``"abc"``, ``1.5`` and ``-1`` are refused)."""
+    return as_count(value, name, 0)
+
+
+#: The most memory one argument may ask for (an estimate, checked before allocating).
+MAX_BYTES = 2 * 10 ** 9
+
+
+def _size(n_bytes: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{n_bytes:.0f} bytes"
+
+
+def check_memory(n_bytes: float, what: str, fix: str) -> None:
+    """Refuse (``InputSizeError``) a request whose memory estimate ``n_bytes`` exceeds
+    ``MAX_BYTES``; ``what`` says what would be allocated, ``fix`` how to ask for less."""
+    if n_bytes > MAX_BYTES:
+        raise InputSizeError(f"{what} would take about {_size(n_bytes)} of memory (more than the "
+                             f"{_size(MAX_BYTES)} allowed): {fix}")
+
+
+def refuse_unused(name: str, value: Any, why: str, default: Any = None) -> None:
+    """``UnusedArgumentError`` when ``value`` was given (is not ``default``) but has no effect:
+    ``why`` says in which mode it would."""
+    given = value is not default if default is None else not (value is default or value == default)
+    if given:
+        raise UnusedArgumentError(f"{name}= has no effect here: {why}")
+
+
+# --------------------------------------------------------------------------- the same vocabulary
+
+def vocab_fingerprint(tokenizer: Any) -> str | None:
+    """A short, deterministic fingerprint of ``tokenizer``'s vocabulary (every token and its id):
+    two tokenizers with the same vocabulary share it, whatever model they came with.  Computed
+    once per tokenizer object (about 50 ms for 50,000 tokens) and kept on it.  None for an object
+    without ``get_vocab``."""
+    if tokenizer is None or not hasattr(tokenizer, "get_vocab"):
+        return None
+    size = len(tokenizer)
+    cached = getattr(tokenizer, "_patchlab_vocab", None)
+    if cached is not None and cached[0] == size:
+        return cached[1]
+    vocab = tokenizer.get_vocab()
+    text = "\n".join(f"{i}\t{t}" for t, i in sorted(vocab.items(), key=lambda kv: (kv[1], kv[0])))
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    try:
+        tokenizer._patchlab_vocab = (size, digest)
+    except AttributeError:
+        pass
+    return digest
+
+
+# --------------------------------------------------------------------------- rules by name
+
+def _count(minimum: int) -> Any:
+    return lambda value, name: as_count(value, name, minimum)
+
+
+#: Parameters whose name means the same thing in every public function, and the rule for
+#: it (applied by ``helpers.base.guard`` when the argument is given and not None).
+NAME_RULES: dict[str, Any] = {
+    **{name: _count(1) for name in ("n", "n_pairs", "n_prompts", "n_eval", "n_boot", "n_perm",
+                                    "k", "top", "most", "max_steps", "batch_size")},
+    "seed": lambda value, name: as_seed(value, name),
+    **{name: (lambda value, name: as_fraction(value, name))
+       for name in ("threshold", "faithful_at", "complete_within", "minimal_share", "min_share",
+                    "min_attention", "share")},
+    "alpha": lambda value, name: as_fraction(value, name, open_ends=True),
+    "min_gap": lambda value, name: as_number(value, name, 0),
+    "memory_mb": lambda value, name: as_number(value, name, 0, low_open=True),
+}

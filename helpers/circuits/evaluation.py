@@ -31,20 +31,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
-from helpers.base.validate import as_count
+from helpers.base.validate import as_count, refuse_unused
 from helpers.data.prompts import PromptPairs
 from helpers.engine.runs import all_components, check_pairs
-from helpers.methods.ablations import (KINDS, ablation_source, check_kind, component_patches,
-                                       run_sets)
+from helpers.methods.ablations import (KINDS, AblationKind, ablation_source, check_kind,
+                                       component_patches, run_sets)
 from helpers.models.loaded import handle
 from helpers.results.metrics import normalised
 
 __all__ = ["CircuitEvaluation", "evaluate_circuit", "compare_ablations"]
 
+CircuitMetric = Literal["logit_diff", "answer_prob"]
 _METRICS = ("logit_diff", "answer_prob")
 
 
@@ -106,9 +107,9 @@ def _norm(value: float, full: float, empty: float, metric: str, min_gap: float |
     return normalised(torch.tensor([value], dtype=torch.float64), full, empty, metric, min_gap).item()
 
 
-def evaluate_circuit(model: Any, pairs: PromptPairs, circuit: Sequence[str], ablation: str = "mean",
-                     *, universe: Sequence[str] | None = None, reference: Any = None, seed: int = 0,
-                     metric: str = "logit_diff", max_steps: int = 3, min_gap: float | None = None,
+def evaluate_circuit(model: Any, pairs: PromptPairs, circuit: str | Sequence[str],
+                     ablation: AblationKind = "mean", *, universe: str | Sequence[str] | None = None,
+                     reference: Any = None, seed: int = 0, metric: CircuitMetric = "logit_diff", max_steps: int = 3, min_gap: float | None = None,
                      batch_size: int | None = None) -> CircuitEvaluation:
     """Faithfulness, minimality, completeness and the size-vs-faithfulness curve of ``circuit``
     with everything else in ``universe`` (default every head and MLP) ablated by ``ablation``
@@ -176,8 +177,8 @@ def evaluate_circuit(model: Any, pairs: PromptPairs, circuit: Sequence[str], abl
                              curve=curve, evaluated_sets=len(M.known))
 
 
-def compare_ablations(model: Any, pairs: PromptPairs, circuit: Sequence[str],
-                      ablations: Sequence[str] = KINDS, *, reference: Any = None,
+def compare_ablations(model: Any, pairs: PromptPairs, circuit: str | Sequence[str],
+                      ablations: AblationKind | Sequence[AblationKind] = KINDS, *, reference: Any = None,
                       resample_reference: Any = None, faithful_at: float = 0.8,
                       complete_within: float = 0.2, minimal_share: float = 0.05,
                       **kw: Any) -> Any:
@@ -187,8 +188,9 @@ def compare_ablations(model: Any, pairs: PromptPairs, circuit: Sequence[str],
     ``faithful_at``, *complete* if the gap <= ``complete_within``, *minimal* if every member's
     share >= ``minimal_share``.  ``reference`` is the mean ablation's reference set (e.g. ABC
     prompts), ``resample_reference`` the resample ablation's (default: the prompts themselves,
-    each from another one).  ``kw`` goes to ``evaluate_circuit`` (``seed``, ``universe``,
-    ``metric``, ``max_steps``, ...)."""
+    each from another one); each is refused when its kind is not among ``ablations``.  The
+    thresholds are fractions in [0, 1].  ``kw`` goes to ``evaluate_circuit`` (``universe``,
+    ``metric``, ``max_steps``, ...; ``seed`` to the resample ablation only)."""
     mh = handle(model)
     import pandas as pd
 
@@ -196,10 +198,20 @@ def compare_ablations(model: Any, pairs: PromptPairs, circuit: Sequence[str],
         ablations = [ablations]
     for kind in ablations:
         check_kind(kind)
+    if "mean" not in ablations:
+        refuse_unused("reference", reference, "it is the mean ablation's reference set, and "
+                      "'mean' is not among the ablations")
+    if "resample" not in ablations:
+        refuse_unused("resample_reference", resample_reference, "'resample' is not among the "
+                      "ablations")
+    seed = kw.pop("seed", 0)
+    if "resample" not in ablations:
+        refuse_unused("seed", seed, "only the resample ablation draws at random", default=0)
     rows = []
     for kind in ablations:
         ref = {"mean": reference, "resample": resample_reference}.get(kind)
-        e = evaluate_circuit(mh, pairs, circuit, kind, reference=ref, **kw)
+        drawn = {"seed": seed} if kind == "resample" else {}
+        e = evaluate_circuit(mh, pairs, circuit, kind, reference=ref, **drawn, **kw)
         least = min(e.minimality.values(), default=math.nan)
         verdict = [("faithful" if e.faithfulness >= faithful_at else "not faithful"),
                    ("complete" if e.completeness["gap"] <= complete_within else "incomplete"),
@@ -210,3 +222,8 @@ def compare_ablations(model: Any, pairs: PromptPairs, circuit: Sequence[str],
                      "worst_K": " + ".join(e.completeness["K"]) or "(none)",
                      "least_minimality": least, "verdict": ", ".join(verdict)})
     return pd.DataFrame(rows).set_index("ablation")
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

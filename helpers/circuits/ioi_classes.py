@@ -36,13 +36,14 @@ the backup test) live in ``helpers.circuits.readouts`` and are re-exported here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
 from helpers.base.fmt import head_name, parse_head
 from helpers.base.validate import norm_index
 from helpers.circuits.evaluation import compare_ablations
+from helpers.methods.ablations import AblationKind
 from helpers.circuits.readouts import (ROUTES, Backup, attention_to_roles, backup_test,
                                        direct_logit_attribution, pairs_logit_diff)
 from helpers.data.prompts import (NAMES, OBJECTS, PLACES, TEMPLATES, random_ioi_prompts,
@@ -128,7 +129,8 @@ def head_grid(result: PatchResult, normalise: bool = True, n_layers: int | None 
     return grid
 
 
-def receivers(heads: Sequence[str], kind: str, at: str | int, facts: Any) -> list[str]:
+def receivers(heads: Sequence[str], kind: Literal["q", "k", "v"], at: str | int, facts: Any
+              ) -> list[str]:
     """Path-patching receiver names for ``heads``' ``kind`` input (``"q"``, ``"k"``, ``"v"``) at
     ``at`` (a role of the prompts, ``"END"``, ``"S2"``, or a token index: ``S1 + 1`` is not a role): ``["L23H0.q@END"]``; with grouped-query attention keys and
     values are the key/value head's (``"L20KV0.v@S2"``), each named once."""
@@ -303,7 +305,7 @@ def stage(found: Sequence[str], evidence: torch.Tensor, what: str) -> list[str]:
 
 
 def compare_circuits(model: Any, pairs: Any, circuits: dict[str, Sequence[str]],
-                     ablations: Sequence[str] = ("mean", "resample"), **kw: Any) -> Any:
+                     ablations: Sequence[AblationKind] = ("mean", "resample"), **kw: Any) -> Any:
     """``helpers.circuits.evaluation.compare_ablations`` for each named circuit, as one ``DataFrame``
     indexed by (circuit, ablation); ``kw`` goes to it (``universe``, ``max_steps``, ...)."""
     mh = handle(model)
@@ -331,3 +333,8 @@ def heads_by_position(model: Any, pairs: Any, heads: Sequence[str], **kw: Any) -
     return sweep(mh, pairs, sets, dims=("head", "position"), site="head",
                  labels={"head": [head_name(*lh) for lh in places], "position": pairs.position_labels},
                  **kw)
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

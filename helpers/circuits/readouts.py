@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from helpers.base.fmt import parse_head
+from helpers.base.validate import Run
 from helpers.data.prompts import PromptPairs
 from helpers.engine.runs import cache_activations, check_pairs
 from helpers.methods.ablations import ablate, ablation_source
@@ -103,7 +104,7 @@ def _run(mh: ModelHandle, pairs: PromptPairs, ablate: Sequence[str], ids: torch.
 
 
 def direct_logit_attribution(model: Any, pairs: PromptPairs, ablate: Sequence[str] = (),
-                             run: str = "clean") -> torch.Tensor:
+                             run: Run = "clean") -> torch.Tensor:
     """Every head's direct contribution to the logit difference answer - distractor at the last
     position, ``[n_prompts, n_layers, n_heads]``: its slice of the output projection (no bias)
     passed through the final norm with the norm's scale frozen at that run's value, then the
@@ -182,3 +183,8 @@ def pairs_logit_diff(model: Any, pairs: PromptPairs) -> float:
     logits = cache_activations(mh, pairs.clean_ids, [])[1]
     return logit_diff(logits, pairs.answer_ids.to(logits.device),
                       pairs.distractor_ids.to(logits.device)).mean().item()
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -108,7 +108,7 @@ def _scores(mh: ModelHandle, pairs: PromptPairs, sets: list[list[str]], directio
 
 
 def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
-                    candidates: Sequence[str] | None = None, direction: Direction = "denoise",
+                    candidates: str | Sequence[str] | None = None, direction: Direction = "denoise",
                     max_steps: int = 30, min_gap: float | None = None) -> CircuitSearch:
     """Greedy forward selection then backward pruning (see the module docstring).
 
@@ -161,3 +161,8 @@ def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
         score = alone[-1]
     return CircuitSearch(members=members, score=score, without=without, threshold=threshold,
                          reached=score >= threshold, history=history)
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

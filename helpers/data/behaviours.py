@@ -160,3 +160,8 @@ REFUSAL = BinaryTask(
     fills={"act": ("make", "build", "get", "buy", "find", "design"),
            "who": ("friend", "sister", "class", "team", "neighbour")},
 )
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
+from helpers.base.validate import vocab_fingerprint
+
 __all__ = ["PromptError", "PromptPairs", "make_pairs", "single_token_id", "single_token_words",
            "token_ids", "check_in_vocabulary"]
 
@@ -100,7 +102,9 @@ class PromptPairs:
     ``answer_ids`` and ``distractor_ids`` are ``[N]`` (the clean prompt's right
     answer and its competitor: the metric is their logit difference).
     ``positions`` maps each role (IO, S1, S2, END) to its token index, the same
-    in every pair.  ``tokens`` are the token strings of the first clean prompt.
+    in every pair.  ``tokens`` are the token strings of the first clean prompt.  ``vocab`` is
+    the fingerprint of the vocabulary they were tokenized with (``validate.vocab_fingerprint``):
+    a model with another vocabulary refuses them.
     """
 
     clean: list[str]
@@ -115,6 +119,7 @@ class PromptPairs:
     tokens: list[str]
     corrupted_tokens: list[str]
     corruption: str = "custom"
+    vocab: str | None = None
 
     def __len__(self) -> int:
         return len(self.clean)
@@ -141,7 +146,7 @@ class PromptPairs:
         return PromptPairs(self.clean[sl], self.corrupted[sl], self.answers[sl], self.distractors[sl],
                            self.clean_ids[sl], self.corrupted_ids[sl], self.answer_ids[sl],
                            self.distractor_ids[sl], dict(self.positions), self.tokens,
-                           self.corrupted_tokens, self.corruption)
+                           self.corrupted_tokens, self.corruption, self.vocab)
 
     def to(self, device: torch.device | str) -> "PromptPairs":
         for name in ("clean_ids", "corrupted_ids", "answer_ids", "distractor_ids"):
@@ -246,7 +251,8 @@ def make_pairs(tokenizer: Any, clean: Sequence[str], corrupted: Sequence[str],
         distractors=[d.strip() for d in distractors],
         clean_ids=torch.tensor(clean_ids), corrupted_ids=torch.tensor(corrupted_ids),
         answer_ids=torch.tensor(ans), distractor_ids=torch.tensor(dis), positions=positions or {},
-        tokens=first_tokens, corrupted_tokens=first_corrupted, corruption=corruption)
+        tokens=first_tokens, corrupted_tokens=first_corrupted, corruption=corruption,
+        vocab=vocab_fingerprint(tokenizer))
 
 
 def single_token_words(tokenizer: Any, words: Sequence[str]) -> list[str]:
@@ -259,3 +265,8 @@ def single_token_words(tokenizer: Any, words: Sequence[str]) -> list[str]:
         except PromptError:
             pass
     return ok
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

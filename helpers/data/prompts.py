@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-from helpers.base.validate import as_count, as_index, norm_index
+from helpers.base.validate import as_count, as_index, check_memory, norm_index
 from helpers.data.pairs import (PromptError, PromptPairs, check_in_vocabulary, check_text,
                                 make_pairs, single_token_id, single_token_words, token_ids)
 
@@ -37,6 +37,12 @@ __all__ = [
 ROLES = ("IO", "S1", "S2", "END")
 Corruption = Literal["s2_swap", "answer_swap", "abc"]
 CORRUPTIONS: tuple[str, ...] = ("s2_swap", "answer_swap", "abc")
+Order = Literal["ABBA", "BABA"]
+#: Memory one prompt pair may take while a set is built (texts, spans, token lists): measured
+#: at a peak of 1.7 kB per pair with the bundled tokenizer (tracemalloc, 2,000 pairs), bounded
+#: at 4 kB for longer templates and other tokenizers; a random prompt alone takes 0.6 kB.
+#: What bounds ``n`` (``validate.check_memory``).
+PAIR_BYTES = 4096
 
 #: Names that are single tokens both for the bundled model and for GPT-2 (" John").
 NAMES: tuple[str, ...] = (
@@ -123,7 +129,7 @@ class IOIPrompt:
         return self.s
 
 
-def ioi_prompt(template: str, io: str, s: str, order: str = "ABBA", place: str = "store",
+def ioi_prompt(template: str, io: str, s: str, order: Order = "ABBA", place: str = "store",
                object: str = "drink", s2: str | None = None) -> IOIPrompt:
     """Fill a template.  ``order="ABBA"`` puts IO first ("John and Mary ..., Mary"),
     ``"BABA"`` puts the subject first ("Mary and John ..., Mary").  ``s2`` overrides
@@ -157,6 +163,8 @@ def random_ioi_prompts(n: int, seed: int = 0, templates: Sequence[str] = TRAIN_T
     ``name_pairs`` restricts the (unordered) pairs of names used; each pair is
     used with a random choice of which name is IO.
     """
+    n, seed = as_count(n, "n"), as_index(seed, "seed")
+    check_memory(n * PAIR_BYTES / 2, f"n={n} prompts", "ask for fewer prompts")
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -176,7 +184,7 @@ def _draw_names(rng: random.Random, names: Sequence[str],
     return (s, io) if rng.random() < 0.5 else (io, s)
 
 
-def corrupt(prompt: IOIPrompt, corruption: str = "s2_swap", rng: random.Random | None = None,
+def corrupt(prompt: IOIPrompt, corruption: Corruption = "s2_swap", rng: random.Random | None = None,
             names: Sequence[str] = NAMES) -> IOIPrompt:
     """The corrupted partner of ``prompt``.
 
@@ -214,8 +222,8 @@ def _place_object(prompt: IOIPrompt) -> tuple[str, str]:
     return groups.get("place") or "store", groups.get("object") or "drink"
 
 
-def ioi_pairs(tokenizer: Any, n: int = 8, corruption: str = "s2_swap", seed: int = 0,
-              template: int | str = 0, order: str = "ABBA", names: Sequence[str] = NAMES,
+def ioi_pairs(tokenizer: Any, n: int = 8, corruption: Corruption = "s2_swap", seed: int = 0,
+              template: int | str = 0, order: Order = "ABBA", names: Sequence[str] = NAMES,
               name_pairs: Sequence[tuple[str, str]] | None = None) -> PromptPairs:
     """``n`` IOI clean/corrupted pairs from one template and one name order,
     reproducible from ``seed``.
@@ -233,6 +241,8 @@ def ioi_pairs(tokenizer: Any, n: int = 8, corruption: str = "s2_swap", seed: int
         raise PromptError(f"unknown corruption {corruption!r}; choose one of {CORRUPTIONS}")
     n = as_count(n, "n")
     seed = as_index(seed, "seed")
+    check_memory(n * PAIR_BYTES, f"n={n} prompt pairs", "ask for fewer pairs (a few hundred "
+                 "already give tight intervals)")
     if not isinstance(template, str):
         template = TEMPLATES[norm_index(template, len(TEMPLATES), "template", "templates in "
                                         "helpers.TEMPLATES")]
@@ -253,7 +263,7 @@ def ioi_pairs(tokenizer: Any, n: int = 8, corruption: str = "s2_swap", seed: int
 
 
 def pairs_from_prompt(tokenizer: Any, text: str, io: str | None = None, s: str | None = None,
-                      corruption: str = "s2_swap", names: Sequence[str] = NAMES,
+                      corruption: Corruption = "s2_swap", names: Sequence[str] = NAMES,
                       seed: int = 0) -> PromptPairs:
     """A pair from a learner's own clean IOI prompt.
 
@@ -300,3 +310,8 @@ def pairs_from_prompt(tokenizer: Any, text: str, io: str | None = None, s: str |
     else:
         raise PromptError(f"unknown corruption {corruption!r}; choose one of {CORRUPTIONS}")
     return make_pairs(tokenizer, [text], [bad], [io], [s], [spans], corruption=corruption)
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

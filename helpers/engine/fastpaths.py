@@ -149,3 +149,8 @@ def _receiver(mh: ModelHandle, blocks: Blocks, cache: BaseCache, base: Cache, r:
                    {(r.kind, layer): inputs}, frozen)
     logits[moved] = got
     return logits
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

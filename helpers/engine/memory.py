@@ -116,3 +116,8 @@ def rows_per_chunk(f: ModelAnatomy, seq: int, memory_mb: float) -> int:
     # and KL run on blocks of rows: helpers.results.metrics.metrics_of)
     per_row = size * (seq * (16 * f.d_model + 4 * f.n_heads * seq) + 2 * f.vocab_size)
     return max(1, int(memory_mb * 2**20 // per_row))
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

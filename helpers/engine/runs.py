@@ -29,7 +29,7 @@ import nnsight
 import torch
 
 from helpers.base.fmt import head_name
-from helpers.base.validate import as_index, check_finite, check_ids, norm_index
+from helpers.base.validate import as_index, check_finite, check_ids, norm_index, vocab_fingerprint
 from helpers.data.prompts import PromptError, PromptPairs
 from helpers.models.anatomy import SITES, ModelAnatomy
 from helpers.models.loaded import handle
@@ -96,12 +96,18 @@ def _site_layer(site: str, layer: Any, facts: ModelAnatomy) -> tuple[str, int | 
 
 
 def check_pairs(model: Any, pairs: PromptPairs) -> None:
-    """Pairs a sweep can use: token ids the model reads, no identical clean/corrupted pair."""
+    """Pairs a sweep can use: built with this model's vocabulary, token ids the model reads, no
+    identical clean/corrupted pair."""
     mh = handle(model)
     if not isinstance(pairs, PromptPairs):
         raise PromptError("expected a PromptPairs object (see helpers.ioi_pairs, pairs_from_prompt "
                           f"or make_pairs), got {type(pairs).__name__}")
     facts = mh.anatomy
+    theirs = getattr(pairs, "vocab", None)
+    if theirs is not None and mh.tokenizer is not None and vocab_fingerprint(mh.tokenizer) != theirs:
+        raise PromptError("these prompt pairs were tokenized with another vocabulary than this "
+                          "model's (their token ids would mean other words): build them with this "
+                          "model's tokenizer, e.g. ioi_pairs(model.tokenizer, ...)")
     for run in ("clean", "corrupted"):
         try:
             check_ids(getattr(pairs, f"{run}_ids"), facts.vocab_size, facts.n_positions,
@@ -289,3 +295,8 @@ def component_patch(name: str) -> Patch:
     if m.group(3) is not None:
         return Patch("mlp", int(m.group(3)))
     return Patch("head", int(m.group(1)), None, int(m.group(2)))
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

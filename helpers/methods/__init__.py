@@ -6,3 +6,9 @@ Holds ``sweeps`` (activation patching of every site, denoising and noising), ``p
 accuracy, attention patterns).  May import ``helpers.results`` and every layer below it
 (``engine``, ``models``, ``data``, ``base``).
 """
+from helpers.base.guard import guard_module  # noqa: E402
+from helpers.methods import path_patching  # noqa: E402
+
+# The input rules at path_patch's edge (helpers.base.guard), applied here: the module itself is
+# at the 400-line limit.  Every other module guards itself on its last line.
+guard_module(vars(path_patching))

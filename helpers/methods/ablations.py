@@ -27,16 +27,24 @@ model, so there the two forms agree to float32 precision only.)  Implemented as 
 on the probabilities inside the eager attention function, through nnsight's ``.source``
 (``attention_interface_1`` -> ``nn_functional_dropout_0``: the weights that multiply the
 values, identity dropout in eval mode); the model must use ``attn_implementation="eager"``
-(``helpers.load_model`` does).  Knocking out an edge whose weight is already 0 (a future key)
-changes nothing; knocking out every key a query can see is refused.
+(``helpers.load_model`` does).  An edge from a query to a later key (whose weight causal attention
+already makes 0) is refused, and so is knocking out every key a query can see.
+
+What is checked together: a ``reference`` given as ``PromptPairs`` must come from the same
+vocabulary (``helpers.base.validate.vocab_fingerprint``) and have its roles at the same positions
+as ``pairs`` (same template and order); a reference given as raw token ids is only checked for
+its shape (``[n_ref, seq]``): that its positions line up is the caller's responsibility.  A
+``reference`` with ``kind="zero"`` and a ``seed`` with ``"zero"`` or ``"mean"`` have no effect and
+are refused.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import torch
 
-from helpers.base.validate import check_finite, norm_index
+from helpers.base.validate import (InputTypeError, Run, check_finite, norm_index, refuse_unused,
+                                   vocab_fingerprint)
 from helpers.data.prompts import PromptPairs
 from helpers.engine.memory import rows_per_chunk, sweep_budget_mb
 from helpers.engine.runs import (Patch, cache_activations, check_pairs, component_patch,
@@ -46,14 +54,15 @@ from helpers.models.loaded import ModelHandle, handle
 from helpers.results.metrics import metrics_of
 from helpers.results.patch_result import PatchResult
 
-__all__ = ["KINDS", "ablation_source", "ablate", "resample_rows", "knockout", "knockout_patterns",
+__all__ = ["KINDS", "AblationKind", "ablation_source", "ablate", "resample_rows", "knockout", "knockout_patterns",
            "component_patches"]
 
-KINDS = ("zero", "mean", "resample")
+AblationKind = Literal["zero", "mean", "resample"]
+KINDS: tuple[str, ...] = get_args(AblationKind)
 Key = tuple[str, int | None]
 
 
-def component_patches(model: Any, names: Sequence[str], seq: int = 1) -> list[Patch]:
+def component_patches(model: Any, names: str | Sequence[str], seq: int = 1) -> list[Patch]:
     """``["L0H3", "mlp1"]`` -> checked ``Patch`` objects (every position); a clear error for
     an unknown or out-of-range name."""
     mh = handle(model)
@@ -75,6 +84,16 @@ def check_kind(kind: str) -> None:
                          "edges: helpers.methods.ablations.knockout)")
 
 
+def check_used(kind: str, reference: Any, seed: Any) -> None:
+    """Refuse a ``reference`` or ``seed`` that ``kind`` would ignore (module docstring)."""
+    if kind == "zero":
+        refuse_unused("reference", reference, "kind='zero' sets every value to 0; a reference "
+                      "set is read by kind='mean' and kind='resample'")
+    if kind != "resample":
+        refuse_unused("seed", seed, f"kind={kind!r} draws nothing at random; the seed chooses "
+                      "the donors of kind='resample'", default=0)
+
+
 def resample_rows(n: int, seed: int = 0) -> torch.Tensor:
     """A seeded permutation of ``range(n)`` without fixed points: prompt i resamples from
     ``perm[i] != i`` (one random cycle through all prompts)."""
@@ -90,8 +109,27 @@ def resample_rows(n: int, seed: int = 0) -> torch.Tensor:
 
 
 def _reference_ids(pairs: PromptPairs, reference: Any) -> torch.Tensor:
-    ids = reference.clean_ids if isinstance(reference, PromptPairs) else reference
-    ids = torch.as_tensor(ids)
+    if isinstance(reference, PromptPairs):
+        theirs, ours = reference.vocab, pairs.vocab
+        if theirs is not None and ours is not None and theirs != ours:
+            raise ValueError("the reference prompts were tokenized with another vocabulary than "
+                             "these pairs: build both with the same model's tokenizer")
+        if reference.positions != pairs.positions or reference.seq_len != pairs.seq_len:
+            raise ValueError(f"the reference prompts have their roles at {reference.positions} "
+                             f"({reference.seq_len} tokens), these pairs at {pairs.positions} "
+                             f"({pairs.seq_len} tokens): a mean over the reference is taken position "
+                             "by position, so build it from the same template and order, e.g. "
+                             "ioi_pairs(tok, corruption='abc', template=t, order=o)")
+        ids = reference.clean_ids
+    elif isinstance(reference, torch.Tensor) or (hasattr(reference, "__array__")
+                                                 and not isinstance(reference, str)):
+        ids = torch.as_tensor(reference)
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise InputTypeError(f"reference must be token ids (integers), got dtype {ids.dtype}")
+    else:
+        raise InputTypeError("reference must be PromptPairs (e.g. ioi_pairs(tok, corruption='abc', "
+                             "template=t)) or a [n_ref, seq] tensor of token ids, got "
+                             f"{type(reference).__name__}: {reference!r:.60}")
     if ids.dim() == 1:
         ids = ids[None]
     if ids.dim() != 2 or ids.shape[1] != pairs.seq_len:
@@ -102,15 +140,20 @@ def _reference_ids(pairs: PromptPairs, reference: Any) -> torch.Tensor:
 
 
 def ablation_source(model: Any, pairs: PromptPairs, components: Sequence[str] | Sequence[Patch],
-                    kind: str = "zero", reference: Any = None, seed: int = 0
+                    kind: AblationKind = "zero", reference: Any = None, seed: int = 0
                     ) -> dict[Key, torch.Tensor]:
     """The ablated values of ``components`` for every prompt: ``{(site, layer): [n, seq, width]}``
     (row i for prompt i; ``head`` sites the whole output projection input, every head), ready
     for ``run_with_patches(model, pairs.clean_ids, source, patch_sets, source_rows)``."""
     mh = handle(model)
     check_kind(kind)
+    check_used(kind, reference, seed)
     check_pairs(mh, pairs)
     n, seq = len(pairs), pairs.seq_len
+    if kind == "mean" and reference is None and n < 2:
+        raise ValueError("mean ablation over these pairs needs at least 2 prompts: the mean of one "
+                         "prompt is that prompt itself, so ablating would change nothing. Use more "
+                         "pairs (ioi_pairs(tok, n=8)) or give a reference set (reference=...)")
     f = mh.anatomy
     patches = [normalise_patch(p, f, seq) if isinstance(p, Patch) else
                component_patches(mh, [p], seq)[0] for p in components]
@@ -174,8 +217,8 @@ def run_sets(model: Any, pairs: PromptPairs, source: dict[Key, torch.Tensor],
     return out, clean_logits
 
 
-def ablate(model: Any, pairs: PromptPairs, components: Sequence[str] | Sequence[Sequence[str]],
-           kind: str = "zero", reference: Any = None, seed: int = 0,
+def ablate(model: Any, pairs: PromptPairs, components: str | Sequence[str] | Sequence[Sequence[str]],
+           kind: AblationKind = "zero", reference: Any = None, seed: int = 0,
            batch_size: int | None = None) -> PatchResult:
     """Ablate ``components`` jointly (a list of names) or several sets (a list of lists, one
     result column each) in the clean run: ``values[metric]`` ``[n_prompts, n_sets]``,
@@ -183,6 +226,7 @@ def ablate(model: Any, pairs: PromptPairs, components: Sequence[str] | Sequence[
     behaviour the ablation destroys.  ``kind``, ``reference``, ``seed``: module docstring."""
     mh = handle(model)
     check_kind(kind)
+    check_used(kind, reference, seed)
     check_pairs(mh, pairs)
     if isinstance(components, str):
         components = [components]
@@ -228,6 +272,10 @@ def _edge_masks(mh: ModelHandle, pairs: PromptPairs, edges: Sequence[tuple[Any, 
                              "('L1H2'), not of an MLP")
         q = _position(edge[1], pairs, f"edge {edge!r} query")
         k = _position(edge[2], pairs, f"edge {edge!r} key")
+        if k > q:
+            raise ValueError(f"edge {edge!r}: query position {q} cannot attend to the later key "
+                             f"position {k} (causal attention), so knocking it out would change "
+                             "nothing: give a key at or before the query, e.g. (head, 'END', 'S2')")
         masks.setdefault(p.layer, torch.zeros(f.n_heads, seq, seq, dtype=torch.bool))[p.head, q, k] = True
     for layer, m in masks.items():
         full = m.tril().sum(-1) == torch.arange(1, seq + 1)  # every key a query can see
@@ -306,7 +354,7 @@ def knockout(model: Any, pairs: PromptPairs, edges: Sequence[Any],
 
 
 def knockout_patterns(model: Any, pairs: PromptPairs, edges: Sequence[Any], layer: int,
-                      run: str = "clean") -> torch.Tensor:
+                      run: Run = "clean") -> torch.Tensor:
     """Block ``layer``'s attention weights ``[n, n_heads, seq, seq]`` in the ``run`` prompts
     with ``edges`` knocked out (what the values are multiplied by)."""
     mh = handle(model)
@@ -316,3 +364,8 @@ def knockout_patterns(model: Any, pairs: PromptPairs, edges: Sequence[Any], laye
     ids = pairs.clean_ids if run == "clean" else pairs.corrupted_ids
     masks = {L: m[None] for L, m in _edge_masks(mh, pairs, list(edges)).items()}
     return _knockout_trace(mh, ids, masks, layer)[1]
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

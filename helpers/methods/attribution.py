@@ -148,3 +148,8 @@ def attribution_patching(model: Any, pairs: PromptPairs, direction: Direction = 
                                 prompts=pairs, model_name=f.name, method="attribution")
         out[name].remote = mh.remote
     return out
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

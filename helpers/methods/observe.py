@@ -151,3 +151,8 @@ def template_check(model: Any, task: BinaryTask, n: int = 8, seed: int = 0) -> l
                      "clean": c.mean().item(), "corrupted": k.mean().item(),
                      "right": torch.cat([c > 0, k < 0]).float().mean().item()})
     return rows
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

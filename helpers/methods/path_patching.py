@@ -66,7 +66,7 @@ from helpers.engine.fastpaths import path_logits
 from helpers.engine.memory import sweep_budget_mb
 from helpers.engine.runs import cache_activations, check_pairs
 from helpers.models.loaded import ModelHandle, handle
-from helpers.results.metrics import METRICS, metrics_of
+from helpers.results.metrics import METRICS, Metric, metrics_of
 from helpers.results.patch_result import PatchResult
 
 __all__ = ["path_patch"]
@@ -203,7 +203,7 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
                direction: Literal["denoise", "noise"] = "denoise", *,
                sender_positions: Positions = None, receiver_positions: Positions = None,
                final_norm: Literal["live", "frozen"] = "live", method: Literal["fast", "batched"] = "fast",
-               metrics: Sequence[str] = METRICS, metric: str = "logit_diff",
+               metrics: Sequence[Metric] = METRICS, metric: Metric = "logit_diff",
                memory_mb: float | None = None, batch_size: int | None = None) -> PatchResult:
     """Path patching from every sender to every receiver (the module docstring defines it).
 

@@ -43,7 +43,7 @@ from helpers.engine.memory import REMOTE_BUDGET_MB, rows_per_chunk, sweep_budget
 from helpers.engine.runs import (SITES, Patch, cache_activations, check_pairs, locate_non_finite,
                                  normalise_patch, run_with_patches)
 from helpers.models.loaded import ModelHandle, handle
-from helpers.results.metrics import METRICS, metrics_of
+from helpers.results.metrics import METRICS, Metric, metrics_of
 from helpers.results.patch_result import PatchResult
 
 __all__ = ["Patch", "PatchResult", "Direction", "SITES", "patch_residual", "patch_attn_out",
@@ -81,7 +81,7 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
           labels: dict[str, list[str]] | None = None, site: str = "set",
           method: Literal["fast", "batched", "loop"] = "fast", memory_mb: float | None = None,
           batch_size: int | None = None, progress: bool | None = None,
-          metrics: Sequence[str] = METRICS, metric: str = "logit_diff") -> PatchResult:
+          metrics: Sequence[Metric] = METRICS, metric: Metric = "logit_diff") -> PatchResult:
     """Patch each set in ``patch_sets`` (jointly within a set), for every prompt pair.
 
     The result's values have shape ``[n_prompts, *shape]`` where ``shape`` is
@@ -286,3 +286,8 @@ def patch_components(model: Any, pairs: PromptPairs, components: Sequence[Patch]
     if components and isinstance(components[0], Patch):
         components = [components]  # type: ignore[list-item]
     return sweep(mh, pairs, [list(s) for s in components], direction, **kw)
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

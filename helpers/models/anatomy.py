@@ -290,3 +290,8 @@ def anatomy(model: Any) -> ModelAnatomy:
         built = build_anatomy(hf, getattr(hf, "_patchlab_name", None) or hf.config.name_or_path or "model")
     hf._patchlab_anatomy = built
     return built
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

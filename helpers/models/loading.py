@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -73,7 +73,7 @@ def _source(name: str | os.PathLike) -> tuple[str, bool]:
 
 
 def load_model(name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device | None = None,
-               dtype: torch.dtype | str | None = None, *, remote: bool | str = False,
+               dtype: torch.dtype | str | None = None, *, remote: Literal[False, True, "local"] = False,
                ndif_id: str | None = None) -> Any:
     """Load a causal language model of a supported family as an ``nnsight`` model.
 
@@ -123,6 +123,7 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.devi
         return load_remote(name, device, dtype, ndif_id)
     if ndif_id is not None:
         raise ModelLoadError("ndif_id= names the model NDIF runs: it only applies with remote=True")
+    dtype, device = _dtype(dtype), _device(device)  # argument errors before any download or conversion
     source, local = _source(name)
     config = load_config(source, local)
     try:
@@ -131,7 +132,6 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.devi
         raise ModelLoadError(f"{str(name)!r}: {err}") from None
     if local:
         check_files(Path(source), str(name) if str(name) not in BUNDLED_MODELS else source)
-    dtype, device = _dtype(dtype), _device(device)
     try:
         with quiet_transformers():
             hf = AutoModelForCausalLM.from_pretrained(
@@ -159,3 +159,8 @@ def load_model(name: str | os.PathLike = DEFAULT_MODEL, device: str | torch.devi
     return model
 
 
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

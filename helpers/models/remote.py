@@ -157,3 +157,8 @@ def load_remote(name: str | os.PathLike, device: Any, dtype: Any, ndif_id: str |
     CONFIG.API.APIKEY = key
     attach(model, canonical, True)
     return model
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

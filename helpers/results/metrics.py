@@ -14,16 +14,18 @@ return one value per prompt, ``[batch]``.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 
 from helpers.base.validate import NonFiniteError
 from helpers.data.pairs import PromptPairs
 
-__all__ = ["METRICS", "GapTooSmallError", "logit_diff", "answer_prob", "kl_to_clean",
+__all__ = ["METRICS", "Metric", "GapTooSmallError", "logit_diff", "answer_prob", "kl_to_clean",
            "normalised", "mean_and_sem", "MIN_GAP", "metrics_of"]
 
-METRICS = ("logit_diff", "answer_prob", "kl_to_clean")
+Metric = Literal["logit_diff", "answer_prob", "kl_to_clean"]
+METRICS: tuple[str, ...] = get_args(Metric)
 #: Smallest |clean - corrupted| per metric that can be normalised.
 MIN_GAP = {"logit_diff": 0.1, "answer_prob": 0.01, "kl_to_clean": 0.01}
 
@@ -54,7 +56,7 @@ def kl_to_clean(logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tenso
 
 
 def normalised(values: torch.Tensor, clean: torch.Tensor | float, corrupted: torch.Tensor | float,
-               metric: str = "logit_diff", min_gap: float | None = None) -> torch.Tensor:
+               metric: Metric = "logit_diff", min_gap: float | None = None) -> torch.Tensor:
     """``(values - corrupted) / (clean - corrupted)``.
 
     Raises ``GapTooSmallError`` when ``|clean - corrupted|`` is below ``min_gap``
@@ -104,3 +106,8 @@ def metrics_of(logits: torch.Tensor, pairs: PromptPairs, clean_logits: torch.Ten
         kl.append(kl_to_clean(part, clean_logits[rows_pair[i: i + block]]))
     return {"logit_diff": logit_diff(logits, a, d), "answer_prob": torch.cat(prob),
             "kl_to_clean": torch.cat(kl)}
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

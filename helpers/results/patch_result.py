@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from helpers.base.validate import json_text, norm_index
+from helpers.base.validate import Run, json_text, norm_index
 from helpers.data.prompts import PromptPairs
 from helpers.engine.runs import Patch
-from helpers.results.metrics import mean_and_sem, normalised
-from helpers.results.stats import STAT_COLUMNS, cell_stats
+from helpers.results.metrics import Metric, mean_and_sem, normalised
+from helpers.results.stats import STAT_COLUMNS, Correction, cell_stats
 
 __all__ = ["PatchResult"]
 
@@ -41,34 +41,48 @@ class PatchResult:
     prompts: PromptPairs
     model_name: str
     method: str = "fast"
-    metric: str = "logit_diff"
+    metric: Metric = "logit_diff"
     patches: list[list[Patch]] = field(default_factory=list, repr=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(len(self.labels[d]) for d in self.dims)
 
-    def mean(self, metric: str | None = None) -> torch.Tensor:
+    def has(self, metric: Metric | None = None) -> str:
+        """``metric`` (default: the result's own) if this result holds it, else a clear error
+        naming the metrics it has (a sweep run with ``metrics=("logit_diff",)`` holds one)."""
+        m = metric or self.metric
+        if m not in self.values:
+            raise ValueError(f"this result has no metric {m!r}; it has {sorted(self.values)} "
+                             "(sweep(..., metrics=...) chooses which are computed)")
+        return m
+
+    def mean(self, metric: Metric | None = None) -> torch.Tensor:
         """Mean over prompts of the raw metric: ``[*shape]``."""
-        return self.values[metric or self.metric].mean(0)
+        return self.values[self.has(metric)].mean(0)
 
-    def baseline(self, run: str, metric: str | None = None) -> float:
-        """Mean over prompts of the clean or corrupted run's metric."""
-        return (self.clean if run == "clean" else self.corrupted)[metric or self.metric].mean().item()
+    def baseline(self, run: Run, metric: Metric | None = None) -> float:
+        """Mean over prompts of the clean or corrupted run's metric (``run``: ``"clean"`` or
+        ``"corrupted"``)."""
+        m = metric or self.metric
+        base = self.clean if run == "clean" else self.corrupted
+        if m not in base:
+            raise ValueError(f"this result has no {run} baseline of {m!r}; it has {sorted(base)}")
+        return base[m].mean().item()
 
-    def score(self, metric: str | None = None, min_gap: float | None = None) -> torch.Tensor:
+    def score(self, metric: Metric | None = None, min_gap: float | None = None) -> torch.Tensor:
         """Normalised score of the prompt-mean: 0 = corrupted run, 1 = clean run; ``[*shape]``."""
         m = metric or self.metric
         return normalised(self.mean(m), self.baseline("clean", m), self.baseline("corrupted", m), m,
                           min_gap)
 
-    def effect(self, metric: str | None = None) -> torch.Tensor:
+    def effect(self, metric: Metric | None = None) -> torch.Tensor:
         """Raw effect of the patch: patched minus the run that was patched into; ``[*shape]``."""
         m = metric or self.metric
         base = "corrupted" if self.direction == "denoise" else "clean"
         return self.mean(m) - self.baseline(base, m)
 
-    def importance(self, metric: str | None = None, min_gap: float | None = None) -> torch.Tensor:
+    def importance(self, metric: Metric | None = None, min_gap: float | None = None) -> torch.Tensor:
         """How much each patched component matters, read the same way in both directions:
         denoising, the normalised score (share of the clean behaviour the clean activation
         brings back); noising, ``1 - score`` (share the corrupted activation destroys).
@@ -76,12 +90,12 @@ class PatchResult:
         s = self.score(metric, min_gap)
         return s if self.direction == "denoise" else 1 - s
 
-    def grid(self, normalise: bool = True, metric: str | None = None) -> torch.Tensor:
+    def grid(self, normalise: bool = True, metric: Metric | None = None) -> torch.Tensor:
         """What a heatmap of this result shows: ``importance()`` when ``normalise``, else the
         raw prompt-mean metric (for models that cannot do the task); ``[*shape]``."""
         return self.importance(metric) if normalise else self.mean(metric)
 
-    def change(self, normalise: bool = True, metric: str | None = None) -> torch.Tensor:
+    def change(self, normalise: bool = True, metric: Metric | None = None) -> torch.Tensor:
         """Each patch's effect in ``grid``'s units: 0 = the run that was patched into."""
         if normalise:
             return self.importance(metric)
@@ -108,7 +122,7 @@ class PatchResult:
             return labels.index(named[norm_index(key, len(named), dim, f"{dim}s in this result")])
         return norm_index(key, len(labels), dim, f"{dim}s in this result")
 
-    def value(self, normalise: bool = True, metric: str | None = None, **keys: Any) -> float:
+    def value(self, normalise: bool = True, metric: Metric | None = None, **keys: Any) -> float:
         """One cell of ``grid``: ``resid.value(layer=2, position="S2")`` is the residual stream
         after block 2 at S2 (row ``"L2"``).  Every axis of the result must be given."""
         missing = [d for d in self.dims if d not in keys]
@@ -118,7 +132,7 @@ class PatchResult:
         idx = tuple(self.index(d, keys[d]) for d in self.dims)
         return self.grid(normalise, metric)[idx].item()
 
-    def title(self, metric: str | None = None, normalise: bool = True) -> str:
+    def title(self, metric: Metric | None = None, normalise: bool = True) -> str:
         what = {"resid": "residual stream", "attn": "attention output", "mlp": "MLP output",
                 "head": "attention heads", "set": "component sets"}.get(self.site, self.site)
         how = ("denoising (clean -> corrupted run)" if self.direction == "denoise"
@@ -127,7 +141,7 @@ class PatchResult:
         val = (f"{self.importance_label(m)}" if normalise else f"mean {m}")
         return f"{what}: {how}\n{val}, {len(self.prompts)} prompt pair(s)"
 
-    def importance_label(self, metric: str | None = None) -> str:
+    def importance_label(self, metric: Metric | None = None) -> str:
         """The colour-bar label of ``importance``: what 1 and 0 mean in this direction."""
         m = metric or self.metric
         if self.direction == "denoise":
@@ -164,8 +178,8 @@ class PatchResult:
         frame.insert(0, "site", self.site)
         return frame
 
-    def stats(self, metric: str | None = None, n_boot: int = 1000, alpha: float = 0.05,
-              n_perm: int = 10_000, seed: int = 0, correction: str | None = "holm",
+    def stats(self, metric: Metric | None = None, n_boot: int = 1000, alpha: float = 0.05,
+              n_perm: int = 10_000, seed: int = 0, correction: Correction | None = "holm",
               min_gap: float | None = None):
         """Per-cell statistics of the per-prompt effects (patched minus the run patched into;
         definitions in ``helpers.results.stats``): a ``pandas.DataFrame``, one row per cell, with the
@@ -191,7 +205,8 @@ class PatchResult:
         (``"per_prompt"``: ``values[metric]`` ``[n_prompts, *shape]`` and both baselines
         ``[n_prompts]``), and (``stats``) the
         per-cell statistics table of ``stats()`` with its default settings: ``"stats"`` holds
-        the settings and ``"cells"``, one record per cell in ``to_frame``'s order."""
+        the settings and ``"cells"``, one record per cell in ``to_frame``'s order (a result of
+        one prompt has none: ``"stats"`` is None and ``"stats_note"`` says why)."""
         out: dict[str, Any] = {
             "site": self.site, "direction": self.direction, "metric": self.metric,
             "model": self.model_name, "method": self.method, "dims": list(self.dims),
@@ -213,7 +228,11 @@ class PatchResult:
         except ValueError as err:
             out["score"] = None
             out["score_error"] = str(err)
-        if stats:
+        if stats and len(self.prompts) < 2:  # no statistics over one prompt: say so
+            out["stats"] = None
+            out["stats_note"] = (f"no statistics: {len(self.prompts)} prompt pair (an interval "
+                                 "or a p-value needs at least 2)")
+        elif stats:
             out["stats"] = _stats_json(self.stats(min_gap=min_gap), self.dims)
         return out
 
@@ -254,3 +273,8 @@ def _plain(x: Any) -> Any:
     if hasattr(x, "item"):
         x = x.item()
     return _r(x) + 0.0 if isinstance(x, float) else x
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -10,7 +10,8 @@ where ``base`` is the run that was patched into: the corrupted run when denoisin
 run when noising.  Per cell (every array below is ``[*shape]``, float64):
 
 * ``effect`` and ``sem``: the mean effect over prompts (``PatchResult.effect()``) and its
-  standard error, ``std(ddof=1) / sqrt(n)`` (0 for one prompt), as ``metrics.mean_and_sem``.
+  standard error, ``std(ddof=1) / sqrt(n)``, as ``metrics.mean_and_sem``.  Every
+  statistic needs at least 2 prompts (``TooFewPromptsError``).
 * ``ci_low``, ``ci_high``: a seeded percentile bootstrap interval of the mean effect.
   ``n_boot`` resamples of the prompts with replacement, indices
   ``numpy.random.default_rng([seed, 0]).integers(0, n, (n_boot, n))`` (``bootstrap_indices``);
@@ -46,19 +47,21 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import numpy as np
 import torch
 
-from helpers.base.validate import as_count
-from helpers.results.metrics import normalised
+from helpers.base.validate import Direction, as_count, check_memory
+from helpers.results.metrics import Metric, normalised
 
 __all__ = ["CellStats", "cell_stats", "per_prompt_effects", "bootstrap_indices",
            "resampled_means", "percentile_interval", "sign_patterns", "sign_flip_p", "adjust_p",
-           "CORRECTIONS", "EXACT_MAX_PROMPTS", "STAT_COLUMNS", "SETTING_COLUMNS"]
+           "CORRECTIONS", "Correction", "EXACT_MAX_PROMPTS", "STAT_COLUMNS", "SETTING_COLUMNS",
+           "TooFewPromptsError"]
 
-CORRECTIONS = ("holm", "bh")
+Correction = Literal["holm", "bh"]
+CORRECTIONS: tuple[str, ...] = get_args(Correction)
 #: The per-cell columns of ``CellStats.table`` (after the cell's labels), then the settings.
 STAT_COLUMNS = ("effect", "sem", "ci_low", "ci_high", "score", "score_ci_low", "score_ci_high",
                 "importance", "importance_ci_low", "importance_ci_high", "p", "p_adjusted")
@@ -69,13 +72,17 @@ EXACT_MAX_PROMPTS = 16
 _CHUNK = 1024  # sign patterns per matrix product: memory 1024 x cells floats (cache-sized)
 
 
+class TooFewPromptsError(ValueError):
+    """Statistics over prompts asked of fewer than 2 prompts: no spread, no interval, no test."""
+
+
 def _array(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64)
 
 
-def per_prompt_effects(values: Any, clean: Any, corrupted: Any, direction: str) -> np.ndarray:
+def per_prompt_effects(values: Any, clean: Any, corrupted: Any, direction: Direction) -> np.ndarray:
     """``values - base`` per prompt: ``values`` ``[n_prompts, *shape]``, ``clean`` and
     ``corrupted`` ``[n_prompts]``; base = corrupted when ``direction == "denoise"``, clean when
     ``"noise"``.  Returns ``[n_prompts, *shape]`` float64."""
@@ -93,6 +100,9 @@ def bootstrap_indices(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     """``[n_boot, n]`` prompt indices drawn with replacement, one row per resample, from
     ``numpy.random.default_rng([seed, 0])``."""
     n, n_boot = as_count(n, "n"), as_count(n_boot, "n_boot")
+    check_memory(2 * 8 * n_boot * n, f"n_boot={n_boot} bootstrap resamples of {n} prompts "
+                 "(two [n_boot, n] arrays of 8-byte numbers)", "use fewer resamples (1000 to "
+                 "10,000 give a stable 95% interval)")
     return np.random.default_rng([as_count(seed, "seed", 0), 0]).integers(0, n, size=(n_boot, n))
 
 
@@ -124,6 +134,10 @@ def sign_patterns(n: int, n_perm: int = 10_000, seed: int = 0) -> tuple[np.ndarr
         bits = (k >> np.arange(n - 1)) & 1
         return np.hstack([np.ones((len(k), 1)), 1.0 - 2.0 * bits]), True
     rng = np.random.default_rng([as_count(seed, "seed", 0), 1])
+    n_perm = as_count(n_perm, "n_perm")
+    check_memory(2 * 8 * n_perm * n, f"n_perm={n_perm} sign patterns of {n} prompts (two "
+                 "[n_perm, n] arrays of 8-byte numbers)", "use fewer patterns (10,000 resolve "
+                 "p-values down to 1e-4)")
     return 1.0 - 2.0 * rng.integers(0, 2, size=(as_count(n_perm, "n_perm"), n)), False
 
 
@@ -146,7 +160,7 @@ def sign_flip_p(effects: Any, n_perm: int = 10_000, seed: int = 0) -> tuple[np.n
     return p.reshape(shape), exact
 
 
-def adjust_p(p: Any, correction: str | None = "holm") -> np.ndarray:
+def adjust_p(p: Any, correction: Correction | None = "holm") -> np.ndarray:
     """``p`` ``[*shape]`` adjusted for testing all its cells together: ``"holm"``
     (``max_{j<=i} (m - j + 1) p_(j)``), ``"bh"`` (``min_{j>=i} m p_(j) / j``) over the ``m``
     finite p-values sorted ascending, capped at 1; ``None`` returns ``p`` unchanged."""
@@ -247,19 +261,27 @@ def _scores(effects: np.ndarray, clean: np.ndarray, corrupted: np.ndarray, direc
     return out, None
 
 
-def cell_stats(values: Any, clean: Any, corrupted: Any, direction: str,
-               metric: str = "logit_diff", n_boot: int = 1000, alpha: float = 0.05,
-               n_perm: int = 10_000, seed: int = 0, correction: str | None = "holm",
+def cell_stats(values: Any, clean: Any, corrupted: Any, direction: Direction,
+               metric: Metric = "logit_diff", n_boot: int = 1000, alpha: float = 0.05,
+               n_perm: int = 10_000, seed: int = 0, correction: Correction | None = "holm",
                min_gap: float | None = None) -> CellStats:
     """Every statistic of the module docstring for one map: ``values`` ``[n_prompts, *shape]``
     (one metric), ``clean`` and ``corrupted`` ``[n_prompts]``; ``direction`` is ``"denoise"``
-    or ``"noise"``.  ``min_gap`` is ``metrics.normalised``'s (default ``MIN_GAP[metric]``)."""
+    or ``"noise"``.  ``min_gap`` is ``metrics.normalised``'s (default ``MIN_GAP[metric]``).
+    Needs at least 2 prompts (``TooFewPromptsError``): one prompt has no spread, so its
+    interval would have zero width and its p-value would be 1 whatever the effect."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be between 0 and 1 (0.05 for a 95% interval), got {alpha!r}")
     if correction is not None and correction not in CORRECTIONS:
         raise ValueError(f"correction must be one of {CORRECTIONS} or None, got {correction!r}")
     effects = per_prompt_effects(values, clean, corrupted, direction)
     n = effects.shape[0]
+    if n < 2:
+        raise TooFewPromptsError(
+            f"statistics over prompts need at least 2 prompts, got {n}: one prompt has no spread, "
+            "so an interval would have zero width and the sign-flip p-value would be 1 whatever "
+            "the effect. Use more pairs (e.g. ioi_pairs(tok, n=16)), or read the raw effect "
+            "(result.effect()) without statistics.")
     clean, corrupted = _array(clean), _array(corrupted)
     effect = effects.mean(0) + 0.0
     sem = effects.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(effect)
@@ -275,3 +297,8 @@ def cell_stats(values: Any, clean: Any, corrupted: Any, direction: str,
                      alpha=float(alpha), n_prompts=n, n_boot=len(idx),
                      n_perm=2 ** n if exact else as_count(n_perm, "n_perm"), exact=exact,
                      seed=seed, score_note=note)
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

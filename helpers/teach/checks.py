@@ -15,6 +15,7 @@ import torch
 
 from helpers.base.fmt import parse_head
 from helpers.base.validate import norm_index
+from helpers.base.guard import checked, rules_of
 from helpers.methods.sweeps import PatchResult
 
 __all__ = ["check_normalised_score", "check_peak_position", "check_top_head", "check_direction_word",
@@ -34,17 +35,20 @@ SOLUTIONS = {
 
 def _never_raises(check: Callable[..., bool]) -> Callable[..., bool]:
     """A check prints a hint instead of raising, whatever it is given: a learner's typo
-    (a wrong type, an index out of range) is feedback, not a traceback."""
+    (a wrong type, an index out of range) is feedback, not a traceback.  The input rules
+    (``helpers.base.guard``) run inside, so what they refuse is a hint too."""
+    inner = checked(check)
 
     @functools.wraps(check)
     def wrapper(*args: Any, **kwargs: Any) -> bool:
         try:
-            return check(*args, **kwargs)
+            return inner(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - reported to the learner, never hidden
             print(f"Not yet: the check could not use what it was given ({type(err).__name__}: {err}). "
                   f"Look at the exercise's instructions for the expected kind of answer.")
             return False
 
+    wrapper.__patchlab_rules__ = rules_of(inner)  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -140,3 +144,8 @@ def _grid(result: PatchResult) -> torch.Tensor:
 def solution(name: str) -> None:
     """Print the worked solution of an exercise."""
     print(SOLUTIONS.get(name, f"no exercise {name!r}; known: {', '.join(SOLUTIONS)}"))
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

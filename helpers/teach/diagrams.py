@@ -110,3 +110,8 @@ def _edge_point(x0: float, y0: float, x1: float, y1: float) -> tuple[float, floa
     half_w, half_h = BOX_W / 2 + 0.1, BOX_H / 2 + 0.1
     t = min(half_w / abs(dx) if dx else float("inf"), half_h / abs(dy) if dy else float("inf"))
     return x0 + t * dx, y0 + t * dy
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -16,6 +16,7 @@ from helpers.base.validate import json_text, norm_index
 from helpers.base.version import __version__
 from helpers.data.behaviours import REFUSAL
 from helpers.data.prompts import CORRUPTIONS, TEMPLATES
+from helpers.models.loaded import model_facts
 from helpers.results.metrics import METRICS
 
 __all__ = ["in_colab", "setup", "output_dir", "save_json", "save_results", "parameters",
@@ -58,14 +59,24 @@ def repo_root(start: str | os.PathLike | None = None) -> Path | None:
 
 
 def output_dir(folder: str | os.PathLike = "outputs", chapter: str = "") -> Path:
-    """``folder/chapter``, created.  A relative ``folder`` is taken relative to the
-    repository root (so papermill, nbval and JupyterLab agree), or to the
-    working directory outside a checkout (e.g. Colab)."""
+    """``folder/chapter``, checked but not yet created: ``save_json`` creates it when the first
+    result is written, so a run that fails first leaves no empty folder behind.  A folder that
+    could not be created (a file in the way, no write permission) is a ``ParameterError`` now,
+    before any work.  A relative ``folder`` is taken relative to the repository root (so
+    papermill, nbval and JupyterLab agree), or to the working directory outside a checkout
+    (e.g. Colab)."""
     path = Path(folder)
     if not path.is_absolute():
         path = (repo_root() or Path.cwd()) / path
     path = path / chapter if chapter else path
-    path.mkdir(parents=True, exist_ok=True)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is a file" if existing.exists() and not existing.is_dir() else "cannot be written"
+        raise ParameterError(f"output_dir={str(folder)!r}: the results folder {path} cannot be "
+                             f"created ({existing} {what}); give a folder you can write, e.g. "
+                             "papermill -r output_dir outputs")
     return path
 
 
@@ -227,23 +238,41 @@ def _rules() -> dict[str, tuple[str, Any, str]]:
                           "-p min_attention 0.3"),
         "min_share": ("a number between 0 and 1", lambda v: number(v) or (None if 0 < v <= 1 else "out of range"),
                       "-p min_share 0.05"),
-        "threshold": ("a number between 0 and 2", lambda v: number(v) or (None if 0 < v <= 2 else "out of range"),
+        "threshold": ("a number between 0 and 1", lambda v: number(v) or (None if 0 < v <= 1 else "out of range"),
                       "-p threshold 0.8"),
     }
 
 
-def check_parameters(params: dict[str, Any]) -> None:
+#: What a chapter needs beyond the common rules: the fewest pairs (resampling and statistics
+#: over prompts need 2) and the lowest block ``layer`` may name (checked once the model is loaded).
+CHAPTER_NEEDS: dict[str, dict[str, int]] = {
+    "04_head_patching": {"layer_low": 1},
+    "09_path_patching": {"n_pairs": 2, "layer_low": 1},
+    "10_real_model_circuit": {"n_pairs": 2},
+}
+
+
+def check_parameters(params: dict[str, Any], chapter: str | None = None, model: Any = None) -> None:
     """Check a notebook's parameters (pass ``globals()``; only the names listed in the rules
-    are read).  Raises ``ParameterError`` naming the parameter, what it must be and a
-    valid papermill argument; prints nothing when all is well."""
+    are read), with what ``chapter`` needs (``CHAPTER_NEEDS``, e.g. at least 2 pairs) and, once
+    ``model`` is loaded, ``layer`` against its blocks.  Raises ``ParameterError`` naming the
+    parameter, what it must be and a valid papermill argument; prints nothing when all is well.
+    A chapter calls it before anything heavy, and again right after loading the model."""
     problems = []
+    needs = CHAPTER_NEEDS.get(chapter or "", {})
     for name, (what, test, example) in _rules().items():
         if name not in params:
             continue
         why = test(params[name])
+        low = needs.get(name)
+        if not why and low is not None and params[name] < low:
+            why, what = "too small for this chapter", f"at least {low} here"
+            example = f"-p {name} {max(low, 16)}"
         if why:
             problems.append(f"{name}={params[name]!r} ({type(params[name]).__name__}) is {why}: "
                             f"it must be {what}, e.g. papermill {example}")
+    if not problems and model is not None and params.get("layer") is not None:
+        choose_layer(params["layer"], model_facts(model).n_layers, needs.get("layer_low", 0))
     if problems:
         raise ParameterError("bad notebook parameter" + ("s" if len(problems) > 1 else "") + ":\n  "
                              + "\n  ".join(problems))
@@ -255,7 +284,10 @@ def choose_layer(layer: Any, n_layers: int, low: int = 0) -> int:
 
     if layer is None:
         return max(low, n_layers // 2)
-    chosen = norm_index(layer, n_layers, "layer", "blocks in this model")
+    try:
+        chosen = norm_index(layer, n_layers, "layer", "blocks in this model")
+    except (TypeError, ValueError) as err:
+        raise ParameterError(f"{err}: e.g. papermill -p layer {max(low, n_layers // 2)}") from None
     if chosen < low:
         raise ParameterError(f"layer={layer} is block {chosen}: this chapter needs a block from {low} "
                              f"to {n_layers - 1}, e.g. papermill -p layer {max(low, n_layers // 2)}")
@@ -267,3 +299,8 @@ def small(x: float, floor: float = 1e-6) -> str:
     differs between CPUs: never print it as a number), else two significant digits."""
     limit = f"{floor:g}".replace("e-0", "e-")
     return f"below {limit}" if abs(float(x)) < floor else f"{float(x):.2g}"
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

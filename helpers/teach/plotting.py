@@ -12,6 +12,7 @@ import torch
 from helpers.base.fmt import head_name, num
 from helpers.base.validate import as_count, check_finite
 from helpers.methods.sweeps import PatchResult
+from helpers.results.metrics import Metric
 
 __all__ = ["plot_patching", "plot_head_positions", "plot_sets", "plot_attention", "ROLE_COLOURS"]
 
@@ -88,7 +89,7 @@ def _interval_contains_zero(result: PatchResult, metric: str, mark: Any) -> tupl
     return found, f"{level:g}% bootstrap interval of the effect contains 0"
 
 
-def plot_patching(result: PatchResult, metric: str | None = None, normalise: bool = True,
+def plot_patching(result: PatchResult, metric: Metric | None = None, normalise: bool = True,
                   ax: Any = None, annotate: bool | None = None, title: str | None = None,
                   mark: Any = False) -> Any:
     """Heatmap of a two-axis result (layer x position, or layer x head).
@@ -135,7 +136,7 @@ def plot_patching(result: PatchResult, metric: str | None = None, normalise: boo
     return fig
 
 
-def plot_head_positions(result: PatchResult, top: int = 8, metric: str | None = None,
+def plot_head_positions(result: PatchResult, top: int = 8, metric: Metric | None = None,
                         normalise: bool = True, title: str | None = None) -> Any:
     """Head x position results: the ``top`` heads by largest |effect|, one row each,
     named ``L<block>H<head>``."""
@@ -161,7 +162,7 @@ def plot_head_positions(result: PatchResult, top: int = 8, metric: str | None = 
     return fig
 
 
-def plot_sets(result: PatchResult, metric: str | None = None, normalise: bool = True,
+def plot_sets(result: PatchResult, metric: Metric | None = None, normalise: bool = True,
               title: str | None = None) -> Any:
     """Horizontal bars, one per patched component set (``patch_components`` results), each
     with its value; blue bars help the clean behaviour, red bars oppose it."""
@@ -207,3 +208,8 @@ def plot_attention(pattern: torch.Tensor, tokens: Sequence[str], title: str = ""
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

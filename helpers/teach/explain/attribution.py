@@ -237,3 +237,8 @@ def speed(seconds: Mapping[str, float], estimate: str) -> Markdown:
     return markdown(md_table(["method", "time (s)", "time over the attribution call's"], rows),
                     f"On this machine, in this run: {join(others)} as the attribution call, "
                     "which gave every map at once.")
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -221,3 +221,8 @@ def faithfulness(frame: Any) -> Markdown:
                     + join(f"{num(v)} ({c})" for c, v in spread.items())
                     + ": what \"removing\" a component means is part of the claim, so a faithfulness "
                     "number comes with its ablation.")
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

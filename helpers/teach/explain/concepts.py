@@ -110,3 +110,8 @@ def probability(clean_ld: torch.Tensor, clean_prob: torch.Tensor) -> Markdown:
         text += ("Where the cloud flattens against 0 or 1, probability stops responding; the logit "
                  "difference keeps a straight scale across the whole range.")
     return markdown(text)
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

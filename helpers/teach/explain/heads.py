@@ -131,3 +131,8 @@ def roles(patterns: dict[int, torch.Tensor], chosen: list[Head], head_pos: Patch
     summary = (f"So the heads that matter play **{plural(len(groups), 'role')}**: "
                + "; ".join(f"at {q}, read {k} ({join(hs)})" for (q, k), hs in groups.items()) + ".")
     return markdown(bullets(lines), summary)
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -18,6 +18,7 @@ from helpers.base.fmt import bullets, head_name, join, md_table, num, signed
 from helpers.results.patch_result import PatchResult
 from helpers.teach.explain._markdown import markdown
 from helpers.teach.explain.noising import matters
+from helpers.results.metrics import Metric
 
 __all__ = ["threshold", "strong_cells", "evidence", "edge_table", "end_heads", "circuit_tests",
            "knockout", "negatives", "metrics", "templates", "census_hits", "census",
@@ -134,7 +135,7 @@ def end_heads(heads: PatchResult, att: torch.Tensor, normalise: bool = True,
 
 def circuit_tests(tests: Mapping[str, PatchResult], maps: Mapping[str, PatchResult],
                   inside: set[tuple[str, int, int]], normalise: bool = True,
-                  metric: str | None = None) -> Markdown:
+                  metric: Metric | None = None) -> Markdown:
     """Section 4: ``tests[d]`` patches four sets (S2 part, END part, whole circuit, complement);
     ``inside`` holds the circuit's ``(site, layer, position)`` for attention/MLP outputs."""
     m = metric or tests["denoise"].metric
@@ -350,3 +351,8 @@ def published_heads(hs: torch.Tensor, at_role: Mapping[str, torch.Tensor], famil
     return markdown(f"The published heads in this run ({model_label}):",
                     md_table(["class", "head", "denoising, all positions", "at END", "at S2"], rows))
 
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

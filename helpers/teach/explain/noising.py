@@ -22,6 +22,7 @@ from IPython.display import Markdown
 from helpers.base.fmt import bullets, join, md_table, num, signed
 from helpers.results.patch_result import PatchResult
 from helpers.teach.explain._markdown import markdown
+from helpers.results.metrics import Metric
 
 __all__ = ["cell_name", "matters", "mirror_points", "tolerance", "JointSum", "joint_vs_sum",
            "residual_both_ways", "heads_both_ways", "mirror_summary", "joint_verdicts",
@@ -43,7 +44,7 @@ def cell_name(result: PatchResult, i: int, j: int) -> str:
     return f"{result.site}{row[1:]} at {pos}"
 
 
-def matters(result: PatchResult, normalise: bool = True, metric: str | None = None,
+def matters(result: PatchResult, normalise: bool = True, metric: Metric | None = None,
             per_prompt: bool = False) -> torch.Tensor:
     """How much each patched component matters, positive = towards "carries the behaviour":
     denoising gain (sufficiency) or noising damage (necessity).  ``normalise``: in units of the
@@ -69,7 +70,7 @@ def tolerance(values: Sequence[torch.Tensor], normalise: bool = True) -> float:
 
 
 def mirror_points(sweeps: Sweeps, normalise: bool = True,
-                  metric: str | None = None) -> list[dict[str, Any]]:
+                  metric: Metric | None = None) -> list[dict[str, Any]]:
     """Every cell of every site as ``{site, name, suff, nec}``: sufficiency (denoising gain)
     and necessity (noising damage), the two values the maps show."""
     pts = []
@@ -87,7 +88,7 @@ def _unit(normalise: bool, metric: str) -> str:
 
 
 def residual_both_ways(resid: Mapping[str, PatchResult], normalise: bool = True,
-                       metric: str | None = None, top: int = 6) -> Markdown:
+                       metric: Metric | None = None, top: int = 6) -> Markdown:
     """Section 1: the ``top`` residual cells by importance, their value on both maps, and the
     largest disagreement between the maps."""
     pts = mirror_points({"residual": resid}, normalise, metric)
@@ -111,7 +112,7 @@ def residual_both_ways(resid: Mapping[str, PatchResult], normalise: bool = True,
 
 
 def heads_both_ways(heads: Mapping[str, PatchResult], normalise: bool = True,
-                    metric: str | None = None) -> Markdown:
+                    metric: Metric | None = None) -> Markdown:
     """Section 2: the strongest head by denoising, and per block the range of single-head
     sufficiency and the largest single-head necessity."""
     m = metric or heads["denoise"].metric
@@ -137,7 +138,7 @@ def _counts(pts: list[dict[str, Any]], tol: float) -> tuple[int, int]:
 
 
 def mirror_summary(sweeps: Sweeps, corruption: str, normalise: bool = True,
-                   metric: str | None = None, k: int = 3) -> Markdown:
+                   metric: Metric | None = None, k: int = 3) -> Markdown:
     """Section 3: the ``k`` largest departures from the diagonal of the sufficiency-vs-
     necessity scatter, and how many components lie below (OR-like) / above (AND-like) it."""
     pts = mirror_points(sweeps, normalise, metric)
@@ -207,7 +208,7 @@ class JointSum:
 
 
 def joint_vs_sum(heads: Mapping[str, PatchResult], joint: Mapping[str, PatchResult],
-                 pair_name: str, normalise: bool = True, metric: str | None = None) -> JointSum:
+                 pair_name: str, normalise: bool = True, metric: Metric | None = None) -> JointSum:
     """Compare joint and summed patches.  ``heads[d]``: layer x head sweeps; ``joint[d]``: a
     ``patch_components`` result over ``n_layers + 3`` sets in this order: every block's heads
     (one set per block), then a pair's two members alone, then the pair jointly.  Groups: one
@@ -279,7 +280,7 @@ def corruption_table(named: Mapping[str, PatchResult]) -> Markdown:
 
 
 def name_positions(resid: Mapping[str, PatchResult], normalise: bool = True,
-                   metric: str | None = None) -> dict[str, tuple[float, float]]:
+                   metric: Metric | None = None) -> dict[str, tuple[float, float]]:
     """``{role: (sufficiency, necessity)}`` of the embedding row at IO, S1 and S2."""
     s, n = matters(resid["denoise"], normalise, metric), matters(resid["noise"], normalise, metric)
     return {role: (float(s[0, q]), float(n[0, q]))
@@ -288,7 +289,7 @@ def name_positions(resid: Mapping[str, PatchResult], normalise: bool = True,
 
 def corruption_contrast(main: Mapping[str, PatchResult], other: Mapping[str, PatchResult],
                         corruption: str, other_name: str, normalise: bool = True,
-                        metric: str | None = None) -> Markdown:
+                        metric: Metric | None = None) -> Markdown:
     """Section 5: the embedding row at the name positions under both corruptions (both maps),
     and what each name position is under the second corruption."""
     a, b = name_positions(main, normalise, metric), name_positions(other, normalise, metric)
@@ -313,7 +314,7 @@ def corruption_contrast(main: Mapping[str, PatchResult], other: Mapping[str, Pat
 
 def diagonal_counts(sweeps_main: Sweeps, sweeps_other: Sweeps, corruption: str,
                     other_name: str, normalise: bool = True,
-                    metric: str | None = None) -> Markdown:
+                    metric: Metric | None = None) -> Markdown:
     """Section 5, last: the largest departures under the second corruption, and how many
     components lie below / above the diagonal under each corruption (same sites)."""
     head = mirror_summary(sweeps_other, other_name, normalise, metric).data.split(
@@ -331,3 +332,8 @@ def diagonal_counts(sweeps_main: Sweeps, sweeps_other: Sweeps, corruption: str,
                     "the same components; whether the two maps agree depends on the question the "
                     "corruption asks.")
 
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -154,3 +154,8 @@ def ablations(frame: Any) -> Markdown:
            f"{num(spread)}): what \"removing\" a component means is part of the claim, so report "
            "the ablation with the number.")
     return markdown(bullets(lines), end)
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -126,3 +126,8 @@ def sublayers(attn: PatchResult, mlp: PatchResult, resid: PatchResult, pairs: Pr
                 "the information already is — they cannot move it between tokens.")
     return markdown("\n".join([end_note, s2_note, mlp_note]))
 
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -246,3 +246,8 @@ def circuit(found: CircuitSearch, n_components: int, noised: PatchResult | None 
         lines.append("- These runs use raw values: on a model that does not do the task the search's "
                      "scores divide by a tiny gap and mean nothing; here it only shows the code runs.")
     return markdown("\n".join(lines))
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

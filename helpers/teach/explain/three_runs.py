@@ -116,3 +116,8 @@ def hand_over(resid: PatchResult, loop_difference: float, normalise: bool = True
         text += (f"The hand-over is spread out: END gains more than {GAIN} in each of blocks "
                  f"{join(gains)}. ")
     return markdown(text + f"{agree} Chapter 3 extends the picture to every position.")
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -126,3 +126,8 @@ def tangents(alphas: Sequence[float], walks: Mapping[str, Sequence[float]],
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=LABEL_PT, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -208,3 +208,8 @@ def depth_comparison(comparison: Any, n_layers: int, gpt2_layers: int = 12) -> A
     ax.set_title("Where each class sits, as a fraction of depth", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

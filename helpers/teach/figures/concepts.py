@@ -113,3 +113,8 @@ def probability_vs_logit_diff(base: Mapping[str, Mapping[str, torch.Tensor]]) ->
     ax.legend(fontsize=LEGEND_PT, loc="center right")
     fig.tight_layout()
     return fig
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -50,3 +50,8 @@ def attention_rows(patterns: dict[int, torch.Tensor], chosen: list[tuple[int, in
         ax.add_patch(plt.Rectangle((0, q), q + 1, 1, fill=False, edgecolor="black", linewidth=1.5))
     fig.tight_layout()
     return fig
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -15,6 +15,7 @@ from helpers.results.patch_result import PatchResult
 from helpers.teach.diagrams import Edge, Node, draw_diagram
 from helpers.teach.figures.noising import short_colourbar
 from helpers.teach.plotting import ANNOT_PT, plot_attention, plot_patching
+from helpers.results.metrics import Metric
 
 __all__ = ["plot_evidence", "plot_head_attention", "circuit_diagram", "plot_circuit_tests",
            "plot_metrics", "plot_templates"]
@@ -23,7 +24,7 @@ NEAR_ZERO = 0.02   # bars shorter than this (share of the full range) get a mark
 
 
 def plot_evidence(maps: Mapping[str, PatchResult], normalise: bool = True,
-                  metric: str | None = None) -> Any:
+                  metric: Metric | None = None) -> Any:
     """The layer x position maps of ``maps`` (e.g. residual, attention, MLP) stacked, one colour
     scale (importance, -1 .. 1, arrows beyond)."""
     first = next(iter(maps.values()))
@@ -91,7 +92,7 @@ def _bar_labels(ax: Any, bars: Any, values: Sequence[float], span: float) -> Non
 
 
 def plot_circuit_tests(tests: Mapping[str, PatchResult], normalise: bool = True,
-                       metric: str | None = None) -> Any:
+                       metric: Metric | None = None) -> Any:
     """One pair of horizontal bars per patched set (``patch_components`` results in both
     directions, same sets): share restored when denoised (blue) and share destroyed when
     noised (red), 1 = the set carries all of the behaviour.  Every bar has its value; a bar
@@ -130,7 +131,7 @@ def plot_circuit_tests(tests: Mapping[str, PatchResult], normalise: bool = True,
     return fig
 
 
-def plot_metrics(heads: Mapping[str, PatchResult], metrics: Sequence[str],
+def plot_metrics(heads: Mapping[str, PatchResult], metrics: Sequence[Metric],
                  normalise: bool = True) -> Any:
     """The layer x head map for each direction (rows) and metric (columns)."""
     first = heads["denoise"]
@@ -147,7 +148,7 @@ def plot_metrics(heads: Mapping[str, PatchResult], metrics: Sequence[str],
 
 
 def plot_templates(a: PatchResult, b: PatchResult, names: Sequence[str], normalise: bool = True,
-                   metric: str | None = None) -> Any:
+                   metric: Metric | None = None) -> Any:
     """Two layer x head denoising maps (e.g. two templates) stacked, on one colour scale."""
     n_l, n_h = a.shape
     wide = n_h > 6
@@ -158,3 +159,8 @@ def plot_templates(a: PatchResult, b: PatchResult, names: Sequence[str], normali
         short_colourbar(ax, r, normalise)
     fig.tight_layout()
     return fig
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

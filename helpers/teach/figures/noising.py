@@ -12,6 +12,7 @@ from helpers.base.fmt import num
 from helpers.results.patch_result import PatchResult
 from helpers.teach.explain.noising import JointSum, Sweeps, mirror_points
 from helpers.teach.plotting import ANNOT_PT, plot_patching
+from helpers.results.metrics import Metric
 
 __all__ = ["plot_pair", "plot_mirror", "plot_joint_vs_sum", "short_colourbar"]
 
@@ -29,7 +30,7 @@ def short_colourbar(ax: Any, result: PatchResult, normalise: bool = True) -> Non
 
 
 def plot_pair(pair: Mapping[str, PatchResult], normalise: bool = True,
-              metric: str | None = None) -> Any:
+              metric: Metric | None = None) -> Any:
     """``pair["denoise"]`` and ``pair["noise"]`` (two-axis results of one shape ``[rows,
     cols]``) as two heatmaps on one colour scale, both showing importance (share restored /
     share destroyed); stacked, so the long titles and colour-bar labels never collide."""
@@ -70,7 +71,7 @@ def _place(ax: Any, spots: list[tuple[float, float]]) -> list[tuple[int, int]]:
     return chosen
 
 
-def plot_mirror(sweeps: Sweeps, title: str, normalise: bool = True, metric: str | None = None,
+def plot_mirror(sweeps: Sweeps, title: str, normalise: bool = True, metric: Metric | None = None,
                 n_labels: int = 4) -> Any:
     """Sufficiency (x: denoising gain) against necessity (y: noising damage) for every cell of
     ``sweeps`` (``{site: {"denoise": result, "noise": result}}``), one marker per site.  The
@@ -145,3 +146,8 @@ def plot_joint_vs_sum(js: JointSum) -> Any:
     axes[0].set_ylabel(f"gain or damage ({js.unit})")
     fig.tight_layout()
     return fig
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -13,6 +13,7 @@ from helpers.results.patch_result import PatchResult
 from helpers.teach.diagrams import Edge, Node, draw_diagram
 from helpers.teach.figures.positions import wrap_colourbar_label
 from helpers.teach.plotting import ANNOT_PT, CMAP, plot_patching
+from helpers.results.metrics import Metric
 
 __all__ = ["three_runs", "direct_vs_total", "qkv_maps"]
 
@@ -41,7 +42,7 @@ def three_runs(sender: str = "L0H3", receiver: str = "L3H0.v") -> Any:
 
 
 def direct_vs_total(direct: PatchResult, heads: PatchResult, normalise: bool = True,
-                    metric: str | None = None) -> Any:
+                    metric: Metric | None = None) -> Any:
     """Two layer x head maps side by side, on one colour scale: every head's direct path to the
     logits (``path_patch(..., "heads", "logits")``) and ordinary head patching (``patch_heads``),
     each with the cells whose bootstrap interval contains 0 dotted.  Returns the Figure."""
@@ -97,3 +98,8 @@ def qkv_maps(results: Mapping[str, PatchResult], receiver: tuple[int, int],
     fig.suptitle(f"Every earlier head -> {head_name(*receiver)}'s inputs "
                  f"({first.labels['layer'][0]}-{first.labels['layer'][-1]})", fontsize=11)
     return fig
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -43,3 +43,8 @@ def sublayers(attn: PatchResult, mlp: PatchResult, normalise: bool = True) -> An
     axes[0].set(xticklabels=[], xlabel="")   # columns aligned: the bottom panel names them
     fig.tight_layout()
     return fig
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -160,3 +160,8 @@ def circuit_diagram(found: CircuitSearch, sink: str = "logits") -> Any:
     edges += [Edge(p, "OUT") for p in previous]
     return draw_diagram(nodes, edges, title="the circuit the search found",
                         note="drop = how much the joint score falls without that member")
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

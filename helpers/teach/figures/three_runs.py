@@ -80,3 +80,8 @@ def layer_curves(resid: PatchResult, by_hand: Mapping[str, Sequence[float]],
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

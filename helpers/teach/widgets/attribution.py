@@ -34,3 +34,8 @@ def attribution_explorer(exact: Mapping[str, PatchResult], estimate: Mapping[str
     pick.observe(draw, names="value")
     draw()
     return w.VBox([pick, out])
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -52,3 +52,8 @@ def prompt_explorer(model: Any, prompt: str) -> Any:
     box.observe(on_prompt, names="value")
     on_prompt()
     return w.VBox([w.Label("Type a prompt and press Enter:"), box, report])
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

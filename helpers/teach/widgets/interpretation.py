@@ -6,13 +6,14 @@ from typing import Any, Mapping
 
 import matplotlib.pyplot as plt
 
+from helpers.results.metrics import Metric
 from helpers.results.patch_result import PatchResult
 from helpers.teach.plotting import plot_patching
 
 __all__ = ["metric_explorer"]
 
 
-def metric_explorer(results: Mapping[str, PatchResult], metric: str = "logit_diff",
+def metric_explorer(results: Mapping[str, PatchResult], metric: Metric = "logit_diff",
                     normalise: bool = True) -> Any:
     """A metric dropdown and a direction toggle over ``results`` (``{"denoise": r, "noise": r}``,
     layer x head sweeps, each holding every metric): redraws ``plot_patching`` of the chosen
@@ -36,3 +37,8 @@ def metric_explorer(results: Mapping[str, PatchResult], metric: str = "logit_dif
         control.observe(redraw, names="value")
     redraw()
     return w.VBox([w.HBox([pick_metric, pick_direction]), shown])
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

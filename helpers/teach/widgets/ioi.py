@@ -149,3 +149,8 @@ def head_explorer(model: Any, prompt: str) -> Any:
         control.observe(redraw, names="value")
     redraw()
     return w.VBox([text, w.HBox([layer, head]), out])
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -8,6 +8,8 @@ from helpers.base.fmt import num
 from helpers.data.prompts import PromptPairs
 from helpers.methods.path_patching import path_patch
 from helpers.models.loaded import handle
+from helpers.base.validate import Direction
+from helpers.results.metrics import Metric
 
 __all__ = ["senders", "receivers", "path_report", "path_explorer"]
 
@@ -34,7 +36,7 @@ def receivers(facts: Any, query_at: str = "END") -> list[str]:
 
 
 def path_report(model: Any, pairs: PromptPairs, sender: str, receiver: str,
-                direction: str = "denoise", metric: str = "logit_diff",
+                direction: Direction = "denoise", metric: Metric = "logit_diff",
                 normalise: bool = True) -> str:
     """One line: the path-patched mean ``metric``, its effect with the 95% bootstrap interval,
     the importance where it can be normalised, and the p-value; or the error path patching
@@ -53,7 +55,7 @@ def path_report(model: Any, pairs: PromptPairs, sender: str, receiver: str,
     return text + ("  (the interval contains 0)" if row["ci_low"] <= 0 <= row["ci_high"] else "")
 
 
-def path_explorer(model: Any, pairs: PromptPairs, metric: str = "logit_diff",
+def path_explorer(model: Any, pairs: PromptPairs, metric: Metric = "logit_diff",
                   normalise: bool = True, sender: str | None = None,
                   receiver: str = "logits") -> Any:
     """Two dropdowns (sender, receiver) and a direction toggle: each change runs ``path_patch``
@@ -79,3 +81,8 @@ def path_explorer(model: Any, pairs: PromptPairs, metric: str = "logit_diff",
         control.observe(redraw, names="value")
     redraw()
     return w.VBox([w.HBox([pick_sender, pick_receiver]), pick_direction, shown])
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

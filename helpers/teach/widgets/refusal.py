@@ -51,3 +51,8 @@ def residual_explorer(model: Any, task: BinaryTask, n_pairs: int = 8, seed: int 
         control.observe(redraw, names="value")
     redraw()
     return w.VBox([pick_template, w.HBox([pick_word, pick_direction]), view])
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -46,3 +46,8 @@ def three_run_explorer(model: Any, pairs: PromptPairs, layer: int, position: int
         control.observe(redraw, names="value")
     redraw()
     return w.VBox([w.HBox([block, where]), area])
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())
