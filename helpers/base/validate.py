@@ -193,12 +193,18 @@ def json_text(data: Any, default: Any = None) -> str:
 
 # --------------------------------------------------------------------------- choices, numbers, sizes
 
+#: What a choice means, said beside it when a value is refused (the words every chapter uses)
+CHOICE_MEANINGS = {"denoise": "clean into corrupted", "noise": "corrupted into clean",
+                   "clean": "the clean prompts", "corrupted": "the corrupted prompts"}
+
+
 def check_choice(value: Any, choices: Sequence[Any], name: str) -> Any:
     """``value`` if it is one of ``choices`` (strings compared case-sensitively), else
     ``InputChoiceError`` listing every choice and the nearest one ("did you mean ...?")."""
     if any(value is c or (type(value) is type(c) and value == c) for c in choices):
         return value
-    listed = ", ".join(repr(c) for c in choices)
+    listed = ", ".join(repr(c) + (f" ({CHOICE_MEANINGS[c]})" if isinstance(c, str) and c in
+                                  CHOICE_MEANINGS else "") for c in choices)
     hint = ""
     if isinstance(value, str):
         words = [c for c in choices if isinstance(c, str)]
