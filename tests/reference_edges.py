@@ -21,8 +21,9 @@ key/value head per query head), so ``a3.h1<k>`` is that copy's key head 1; ``kv=
 model's own key/value heads ``a3.kv0<k>``.
 
 * ``first_order``: every edge's first-order term at once: ``x_v = stream + sum_e eps_e (a_u(abl) -
-  a_u(clean))`` over the edges e = u -> v, ``eps = 0`` (the clean run), and autograd's
-  ``d m / d eps``; returned in MIB's sign, ``-mean_i d m_i / d eps_e``.
+  a_u(clean))`` over the edges e = u -> v, ``eps = 0`` (the clean run, or one with the
+  embeddings or a block's attention / MLP output replaced: the integrated-gradient points), and
+  autograd's ``d m / d eps``; returned in MIB's sign, ``-mean_i d m_i / d eps_e``.
 * ``ablate``: the edges outside a circuit ablated: ``x_v = stream + sum over u outside the circuit
   of (ablated_u - run_u)`` (MIB's ``evaluate_graph``); returns the logit differences ``[batch]``.
 """
@@ -193,19 +194,50 @@ def _ld(logits, answers, distractors):
     return logits[rows, -1, answers] - logits[rows, -1, distractors]
 
 
+@contextlib.contextmanager
+def _replaced(model, family, embedding=None, outputs=None):
+    """While active: the token embeddings replaced by ``embedding``, block L's attention output
+    (after the output projection) by ``outputs[("attn", L)]``, its MLP output by
+    ``outputs[("mlp", L)]`` (``[batch, seq, d]`` each)."""
+    handles = []
+    if embedding is not None:
+        handles.append(model.get_input_embeddings().register_forward_hook(lambda m, a, o: embedding))
+    for (kind, L), value in (outputs or {}).items():
+        module = ref.module_for(model, family, kind, L)
+        if kind == "attn":
+            handles.append(module.register_forward_hook(lambda m, a, o, v=value: (v,) + tuple(o[1:])))
+        else:
+            handles.append(module.register_forward_hook(lambda m, a, o, v=value: v))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def record(model, ids, kv="query"):
-    """Every sender's output in the plain run of ``ids`` ``[batch, seq]``: {name: [batch, seq, d]}."""
+    """Every sender's output in the plain run of ``ids`` ``[batch, seq]``: {name: [batch, seq, d]},
+    and each block's attention output (after the output projection) under ``("attn", L)``."""
     family = ref.family_of(model)
     run = {}
-    with _hooks(model, family, lambda name, run: None, run, kv):
-        model(input_ids=ids, use_cache=False)
+    handles = [ref.module_for(model, family, "attn", L).register_forward_hook(
+        lambda m, a, o, L=L: run.__setitem__(("attn", L), o[0])) for L in range(_shape(model)[0])]
+    try:
+        with _hooks(model, family, lambda name, run: None, run, kv):
+            model(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
     return {k: v.detach().clone() for k, v in run.items()}
 
 
-def first_order(model, clean_ids, ablated, answers, distractors, kv="query"):
+def first_order(model, clean_ids, ablated, answers, distractors, kv="query", embedding=None,
+                outputs=None):
     """``{(sender, receiver): score}``: ``-mean_i d m_i / d eps_e`` (module docstring) with
-    ``ablated`` the senders' ablated values ``{name: [batch, seq, d]}``."""
+    ``ablated`` the senders' ablated values ``{name: [batch, seq, d]}``, in the clean run or in
+    the run with ``embedding`` / ``outputs`` replaced (``_replaced``); the differences
+    ``ablated - clean`` are always the clean run's."""
     family = ref.family_of(model)
     clean = record(model, clean_ids, kv)
     edges = edges_of(model, kv)
@@ -217,7 +249,8 @@ def first_order(model, clean_ids, ablated, answers, distractors, kv="query"):
     def correction(name, run):
         return sum(eps[e] * (ablated[s] - clean[s]) for e, s in into[name])
 
-    with torch.enable_grad(), _hooks(model, family, correction, {}, kv):
+    with torch.enable_grad(), _replaced(model, family, embedding, outputs), \
+            _hooks(model, family, correction, {}, kv):
         logits = model(input_ids=clean_ids, use_cache=False).logits
         (grad,) = torch.autograd.grad(_ld(logits, answers, distractors).sum(), eps)
     return {edge: -float(g) / clean_ids.shape[0] for edge, g in zip(edges, grad)}
