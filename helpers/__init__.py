@@ -60,6 +60,7 @@ from helpers.methods.ablations import (  # noqa: E402
 from helpers.base.edge_graph import EdgeGraph  # noqa: E402
 from helpers.methods.attribution import attribution_patching  # noqa: E402
 from helpers.methods.edge_attribution import edge_attribution  # noqa: E402
+from helpers.methods.edge_exact import exact_edge_patching  # noqa: E402
 from helpers.methods.edge_values import edge_graph  # noqa: E402
 from helpers.methods.observe import (  # noqa: E402
     attention_patterns,

@@ -20,6 +20,7 @@ With ``EdgeGraph(kv="kv")`` a key/value receiver belongs to every query head of 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -93,6 +94,7 @@ def receiver_nodes(graph: EdgeGraph) -> list[list[int]]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
 def _edge_receiver_node_masks(graph: EdgeGraph) -> torch.Tensor:
     """``[E, F + 1]`` bool: the nodes each edge's receiver belongs to."""
     rn = receiver_nodes(graph)
@@ -147,7 +149,7 @@ def _circuit(graph: EdgeGraph, edges: torch.Tensor, nodes: torch.Tensor, scores:
 def _top(values: torch.Tensor, n: int, absolute: bool) -> torch.Tensor:
     """The mask of the n largest (ties: the lower index first)."""
     key = values.double().abs() if absolute else values.double()
-    order = sorted(range(len(key)), key=lambda i: -float(key[i]))
+    order = torch.sort(-key, stable=True).indices
     mask = torch.zeros(len(key), dtype=torch.bool)
     mask[order[:n]] = True
     return mask

@@ -134,8 +134,10 @@ def evaluate_edges(model: Any, pairs: PromptPairs, circuits: Any, ablation: str 
 
 
 def _evaluate(setup: EdgeSetup, masks: torch.Tensor, ablation: str, memory_mb: float | None) -> EdgeEvaluation:
+    """The circuits ``masks`` ``[C, E]`` and the empty one, each distinct circuit run once."""
     empty = torch.zeros(1, len(setup.graph.edges), dtype=torch.bool)
-    values = _run_masks(setup, torch.cat([empty, masks]), memory_mb)
+    distinct, which = torch.unique(torch.cat([empty, masks]), dim=0, return_inverse=True)
+    values = _run_masks(setup, distinct, memory_mb)[which]
     return EdgeEvaluation(values=values[1:], full=setup.clean_ld().double().cpu(), empty=values[0],
                           sizes=[int(m.sum()) for m in masks], ablation=ablation)
 
@@ -144,15 +146,16 @@ def _evaluate(setup: EdgeSetup, masks: torch.Tensor, ablation: str, memory_mb: f
 class FaithfulnessCurve:
     """MIB's faithfulness curve (module docstring): ``percentages``; ``requested`` the item
     counts ``int(p * n)``; per ranking (``"signed"``, ``"absolute"``): ``faithfulness`` and the
-    edges left after pruning (``edges``); ``cpr`` (signed) and ``cmd`` (absolute); ``full`` /
-    ``empty`` the prompt-mean metrics the curve is normalised by."""
+    edges left after pruning (``edges``); ``cpr`` (from the signed ranking) and ``cmd`` (the
+    absolute one; None for a ranking not run); ``full`` / ``empty`` the prompt-mean metrics the
+    curve is normalised by."""
 
     percentages: list[float]
     requested: list[int]
     faithfulness: dict[str, list[float]]
     edges: dict[str, list[int]]
-    cpr: float
-    cmd: float
+    cpr: float | None
+    cmd: float | None
     full: float
     empty: float
     level: str
@@ -166,13 +169,18 @@ class FaithfulnessCurve:
 def faithfulness_curve(model: Any, pairs: PromptPairs, scores: EdgeScores, ablation: str = "counterfactual",
                        *, level: str = "edge", reference: Any = None,
                        percentages: Sequence[float] = PERCENTAGES,
+                       rankings: Sequence[str] = ("signed", "absolute"),
                        memory_mb: float | None = None) -> FaithfulnessCurve:
     """MIB's faithfulness curve of ``scores`` on ``pairs`` with CPR and CMD (module docstring):
-    two rankings (signed, absolute) x ``len(percentages)`` circuits, plus the empty circuit, all
-    evaluated by edge-level ablation (``ablation``: ``"counterfactual"``, ``"mean"``,
-    ``"zero"``).  ``level``: ``"edge"`` or ``"node"``."""
+    per ranking (``"signed"`` for CPR, ``"absolute"`` for CMD; ``rankings`` picks) one circuit
+    per fraction in ``percentages``, plus the empty circuit, all evaluated by edge-level ablation
+    (``ablation``: ``"counterfactual"``, ``"mean"``, ``"zero"``), each distinct circuit once.
+    ``level``: ``"edge"`` or ``"node"``."""
     if level not in ("edge", "node"):
         raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+    rankings = list(rankings)
+    if not rankings or set(rankings) - {"signed", "absolute"} or len(set(rankings)) != len(rankings):
+        raise ValueError(f"rankings must be 'signed' and/or 'absolute', each once; got {rankings!r}")
     setup = edge_setup(model, pairs, scores.graph.kv, ablation, reference)
     if setup.graph.edges != scores.graph.edges:
         raise ValueError(f"these scores are of another graph ({scores.graph.describe()}) than this "
@@ -180,7 +188,8 @@ def faithfulness_curve(model: Any, pairs: PromptPairs, scores: EdgeScores, ablat
     n_items = len(scores.graph.edges) if level == "edge" else len(scores.graph.senders)
     requested = [int(p * n_items) for p in percentages]  # MIB: int(pct * n_scored_items)
     masks, edges = [], {}
-    for name, absolute in (("signed", False), ("absolute", True)):
+    for name in rankings:
+        absolute = name == "absolute"
         pick = [(top_edges(scores, k, absolute) if level == "edge" else top_nodes(scores, k, absolute))
                 for k in requested]
         masks += [c.edges for c in pick]
@@ -188,9 +197,10 @@ def faithfulness_curve(model: Any, pairs: PromptPairs, scores: EdgeScores, ablat
     ev = _evaluate(setup, torch.stack(masks), ablation, memory_mb)
     f = ev.faithfulness()
     k = len(requested)
-    curves = {"signed": f[:k], "absolute": f[k:]}
+    curves = {name: f[i * k:(i + 1) * k] for i, name in enumerate(rankings)}
     return FaithfulnessCurve(percentages=list(percentages), requested=requested, faithfulness=curves,
-                             edges=edges, cpr=area_under(percentages, curves["signed"]),
-                             cmd=area_from_1(percentages, curves["absolute"]),
+                             edges=edges,
+                             cpr=area_under(percentages, curves["signed"]) if "signed" in curves else None,
+                             cmd=area_from_1(percentages, curves["absolute"]) if "absolute" in curves else None,
                              full=float(ev.full.mean()), empty=float(ev.empty.mean()), level=level,
                              ablation=ablation, method=scores.method)

@@ -115,7 +115,7 @@ def score_against_truth(scores: EdgeScores, truth: Circuit, k: int | None = None
     k = int(positive.sum()) if k is None else as_count(k, "k")
     if k > len(key):
         raise ValueError(f"k = {k} is more than the {len(key)} items scored")
-    order = sorted(range(len(key)), key=lambda i: -float(key[i]))[:k]
+    order = torch.sort(-key, stable=True).indices[:k]
     hits = int(positive[order].sum())
     fpr, tpr = roc_curve(key, positive)
     return TruthScore(level=level, backups=backups, absolute=absolute, n_positive=int(positive.sum()),

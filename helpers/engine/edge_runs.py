@@ -169,22 +169,38 @@ class SingleEdges:
         return last
 
 
-def _norm_vjp(norm: Any, x: torch.Tensor, cot: torch.Tensor) -> torch.Tensor:
-    """``J_norm(x)^T cot`` per receiver: ``x`` ``[R, S, d]``, ``cot`` ``[R, S, n, d]``."""
-    with torch.enable_grad():
-        xs = x.detach()[:, :, None].expand_as(cot).clone().requires_grad_(True)
-        (out,) = torch.autograd.grad(norm(xs), xs, cot)
-    return out
+def _norm_vjp(em: EdgeModel, norm: Any, x: torch.Tensor, cot: torch.Tensor) -> torch.Tensor:
+    """``J_norm(x)^T cot`` per receiver: ``x`` ``[R, S, d]``, ``cot`` ``[R, S, n, d]``.  With
+    ``u = w * cot``: RMSNorm ``r u - (r^3 / d) x (u . x)``, ``r = (mean x^2 + eps)^-1/2``;
+    LayerNorm ``(u - mean u - xh mean(u xh)) / sigma``, ``xh = (x - mean x) / sigma``."""
+    kind = em.f.paths.norm
+    eps = getattr(norm, "variance_epsilon", None)
+    eps = norm.eps if eps is None else eps
+    x = x.detach()[:, :, None]
+    u = cot * norm.weight.detach()
+    if kind == "rms":
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        return r * u - (r.pow(3) / x.shape[-1]) * x * (u * x).sum(-1, keepdim=True)
+    if kind == "layer":
+        xc = x - x.mean(-1, keepdim=True)
+        inv = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
+        xh = xc * inv
+        return inv * (u - u.mean(-1, keepdim=True) - xh * (u * xh).mean(-1, keepdim=True))
+    raise ValueError(f"no norm Jacobian for {kind!r} norms (family {em.f.family!r})")
 
 
-def receiver_gradients(em: EdgeModel, cap: Capture, grads: list[torch.Tensor | None], start: int = 0
+def receiver_gradients(em: EdgeModel, cap: Capture, grads: list[torch.Tensor | None], start: int = 0,
+                       positions: torch.Tensor | None = None
                        ) -> tuple[list[torch.Tensor | None], torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
     """From a gradient run's ``grads`` (of ``cap.tensors``): per block (``None`` before
-    ``start``) the receivers' input gradients ``[R, S, per_block, d]`` (queries, keys, values,
-    MLP, the graph's order), the logits receiver's ``[R, S, d]``, and the gradients at the
-    senders' write points ``{("input" | "attn_out" | "mlp_out", layer): [R, S, d]}``."""
+    ``start``) the receivers' input gradients ``[R, S', per_block, d]`` (queries, keys, values,
+    MLP, the graph's order), the logits receiver's ``[R, S', d]``, and the gradients at the
+    senders' write points ``{("input" | "attn_out" | "mlp_out", layer): [R, S', d]}``, at
+    ``positions`` only (``S'`` of them; default every position)."""
     g, f = em.graph, em.f
-    got = {k: (t if t is None else t.detach()) for k, t in zip(cap.keys, grads)}
+    pick = (lambda t: t) if positions is None else (lambda t: t[:, positions])  # noqa: E731
+    got = {k: (t if t is None else pick(t.detach())) for k, t in zip(cap.keys, grads)}
+    norm_in = {k: pick(v) for k, v in cap.norm_in.items()}
     ref = next(t for t in got.values() if t is not None)
     zero = lambda shape: ref.new_zeros(shape)  # noqa: E731  (a tensor no gradient reached)
     r, s = ref.shape[:2]
@@ -192,7 +208,7 @@ def receiver_gradients(em: EdgeModel, cap: Capture, grads: list[torch.Tensor | N
     for layer in range(start, f.n_layers):
         w, norm1, norm2 = em.weights(layer), *em.blocks.norms(layer)
         n_att = g.per_block - 1
-        if ("attn", layer) in cap.norm_in:
+        if ("attn", layer) in norm_in:
             cots = []
             for kind in "qkv":
                 gk = got.get((kind, layer))
@@ -203,14 +219,14 @@ def receiver_gradients(em: EdgeModel, cap: Capture, grads: list[torch.Tensor | N
                 elif kind != "q" and weight.shape[0] != f.n_heads:
                     weight = weight.repeat_interleave(em.rep, 0)
                 cots.append(torch.einsum("rsnk,nkd->rsnd", gk, weight))
-            pre = _norm_vjp(norm1, cap.norm_in[("attn", layer)], torch.cat(cots, 2))
+            pre = _norm_vjp(em, norm1, norm_in[("attn", layer)], torch.cat(cots, 2))
         else:  # the block's attention output was given: its receivers read nothing
             pre = zero((r, s, n_att, f.d_model))
         gm = got.get(("mlp_in", layer))
-        if gm is None or ("mlp", layer) not in cap.norm_in:
+        if gm is None or ("mlp", layer) not in norm_in:
             mlp = zero((r, s, 1, f.d_model))
         else:
-            mlp = _norm_vjp(norm2, cap.norm_in[("mlp", layer)], gm[:, :, None])
+            mlp = _norm_vjp(em, norm2, norm_in[("mlp", layer)], gm[:, :, None])
         blocks[layer] = torch.cat([pre, mlp], 2)
     nodes = {k: v for k, v in got.items() if k[0] in ("input", "attn_out", "mlp_out") and v is not None}
     return blocks, got[("final", f.n_layers)], nodes

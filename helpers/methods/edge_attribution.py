@@ -44,9 +44,9 @@ import torch
 from helpers.base.validate import as_count, check_finite
 from helpers.data.prompts import PromptPairs
 from helpers.engine.edge_model import Capture
-from helpers.engine.edge_runs import (DenseAblation, NodeRun, Recorder, SingleEdges, positions_used,
-                                      receiver_gradients, scores_from)
-from helpers.methods.edge_values import EdgeSetup, edge_setup, frozen_final_norm, row_chunks
+from helpers.engine.edge_runs import NodeRun, Recorder, positions_used, receiver_gradients, scores_from
+from helpers.methods.edge_exact import exact_edges, exact_nodes
+from helpers.methods.edge_values import EdgeSetup, edge_setup, frozen_final_norm
 from helpers.results.edge_scores import EdgeScores
 
 __all__ = ["METHODS", "MIB_STEPS", "edge_attribution"]
@@ -80,31 +80,37 @@ def edge_attribution(model: Any, pairs: PromptPairs, method: str = "eap", *, ste
         raise ValueError("eap-ig-inputs interpolates between the clean and the corrupted prompt's "
                          "embeddings, so its ablation is 'counterfactual'; for mean or zero "
                          "ablation use 'eap' or 'eap-ig-activations'")
-    setup = edge_setup(model, pairs, kv, ablation, reference, clean=method != "eap")
+    setup = edge_setup(model, pairs, kv, ablation, reference, clean=method != "eap",
+                       ablated=method != "eap-ig-inputs")
     if method == "eap":
         edges, nodes = _eap(setup, final_norm)
     elif method == "eap-ig-inputs":
         edges, nodes = _ig_inputs(setup, steps, final_norm)
     elif method == "eap-ig-activations":
         edges, nodes = _ig_activations(setup, steps, final_norm)
-    else:
-        edges, nodes = _exact(setup, final_norm, memory_mb)
     g = setup.graph
-    values = check_finite(edges[g.edge_sender, g.edge_receiver].double().cpu(), "the edge scores")
+    if method == "exact":
+        values = exact_edges(setup, torch.arange(len(g.edges)), final_norm, memory_mb)
+        nodes = exact_nodes(setup, final_norm, memory_mb)
+    else:
+        values = edges[g.edge_sender, g.edge_receiver]
+    values = check_finite(values.double().cpu(), "the edge scores")
     return EdgeScores(graph=g, values=values, nodes=check_finite(nodes.double().cpu(), "the node scores"),
                       method=method, ablation=ablation, model_name=setup.em.f.name, n_prompts=setup.n,
                       clean=float(setup.clean_ld().double().mean()),
-                      corrupted=float(setup.corrupted_ld.mean()), steps=steps, final_norm=final_norm,
+                      corrupted=float(setup.corrupted_ld.mean()) if setup.counterfactual else None,
+                      steps=steps, final_norm=final_norm,
                       seconds=time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------ gradient runs
 
 def _gradient_run(setup: EdgeSetup, x: torch.Tensor, start: int = 0, override: tuple | None = None,
-                  final_norm: str = "live", record: Any = None, frozen_at_clean: bool = True) -> tuple:
+                  final_norm: str = "live", record: Any = None, frozen_at_clean: bool = True,
+                  positions: torch.Tensor | None = None) -> tuple:
     """One forward + backward from the stream ``x`` before block ``start``: (last-position
     answer/distractor logits ``[N, 2]``, receiver gradients per block, the logits receiver's,
-    node-output gradients), the gradients of ``sum_i m_i``."""
+    node-output gradients), the gradients of ``sum_i m_i`` at ``positions`` (default all)."""
     em, cap = setup.em, Capture()
     frozen = None
     if final_norm == "frozen":
@@ -116,18 +122,11 @@ def _gradient_run(setup: EdgeSetup, x: torch.Tensor, start: int = 0, override: t
             override = (*override[:2], override[2].detach().requires_grad_(True))
         logits = em.forward(x, record, start, cap, override, frozen, setup.cols)
         grads = torch.autograd.grad((logits[:, 0] - logits[:, 1]).sum(), cap.tensors, allow_unused=True)
-    return (logits.detach(), *receiver_gradients(em, cap, grads, start))
-
-
-def _restrict(grads: tuple, keep: torch.Tensor) -> list:
-    """(receiver gradients per block, logits receiver's, node gradients) at positions ``keep``."""
-    blocks, logits, nodes = grads
-    return [[None if b is None else b[:, keep] for b in blocks], logits[:, keep],
-            {k: v[:, keep] for k, v in nodes.items()}]
+    return (logits.detach(), *receiver_gradients(em, cap, grads, start, positions))
 
 
 def _add(total: list | None, part: list) -> list:
-    """Sum gradient triples (``_restrict``'s form) term by term."""
+    """Sum (receiver gradients per block, logits receiver's, node gradients) term by term."""
     if total is None:
         return part
     blocks = [b if a is None else a if b is None else a + b for a, b in zip(total[0], part[0])]
@@ -161,29 +160,55 @@ def _finish(setup: EdgeSetup, delta: torch.Tensor, grads: list, scale: float,
 
 def _eap(setup: EdgeSetup, final_norm: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One clean forward (recording every sender) and backward; the corrupted run is done."""
-    em, ids = setup.em, setup.pairs.clean_ids
+    ids = setup.pairs.clean_ids
+    a_in, rec = _recorder(setup, ids)
+    # the positions where the ablated values can differ from the clean ones: from the first
+    # difference of the prompts for counterfactual ablation (a causal model's earlier positions
+    # see the same tokens), else all
+    keep = torch.arange(setup.pairs.first_difference if setup.counterfactual else 0, ids.shape[1])
+    logits, *grads = _gradient_run(setup, setup.x0(a_in), final_norm=final_norm, record=rec,
+                                   frozen_at_clean=False, positions=keep)
+    setup.clean = NodeRun(rec.values, rec.streams, logits)
+    delta = setup.ablated - rec.values
+    _check_prefix(delta, keep)
+    return _finish(setup, delta[:, :, keep], grads, 1.0)
+
+
+def _recorder(setup: EdgeSetup, ids: torch.Tensor) -> tuple[torch.Tensor, Recorder]:
+    """A ``Recorder`` for a run of ``ids``: (its input sender values, the recorder)."""
+    em = setup.em
     a_in = em.embed(ids)
-    values = a_in.new_zeros(setup.ablated.shape)
+    values = a_in.new_zeros(ids.shape[0], len(setup.graph.senders), ids.shape[1], em.f.d_model)
     streams = a_in.new_zeros(ids.shape[0], em.f.n_layers + 1, ids.shape[1], em.f.d_model)
     values[:, 0] = a_in
-    logits, *grads = _gradient_run(setup, setup.x0(a_in), final_norm=final_norm,
-                                   record=Recorder(em, values, streams), frozen_at_clean=False)
-    setup.clean = NodeRun(values, streams, logits)
-    delta = setup.ablated - values
-    keep = positions_used(delta)
-    return _finish(setup, delta[:, :, keep], _restrict(tuple(grads), keep), 1.0)
+    return a_in, Recorder(em, values, streams)
+
+
+def _check_prefix(delta: torch.Tensor, keep: torch.Tensor) -> None:
+    outside = torch.ones(delta.shape[2], dtype=torch.bool)
+    outside[keep] = False
+    if bool((delta[:, :, outside] != 0).any()):
+        raise RuntimeError("the clean and corrupted runs differ before the prompts' first difference")
 
 
 def _ig_inputs(setup: EdgeSetup, steps: int, final_norm: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``steps`` runs on input embeddings from the corrupted prompt's towards the clean one's."""
-    delta = setup.ablated - setup.clean.values
-    keep = positions_used(delta)
-    a_clean, a_corr = setup.clean.values[:, 0], setup.ablated[:, 0]
+    """``steps`` runs on input embeddings from the corrupted prompt's towards the clean one's;
+    the first (k = 0) is the corrupted run itself, which records the ablated values."""
+    pairs, clean = setup.pairs, setup.clean
+    keep = torch.arange(pairs.first_difference, pairs.seq_len)  # counterfactual: earlier positions agree
+    a_corr, rec = _recorder(setup, pairs.corrupted_ids)
+    a_clean = clean.values[:, 0]
     total = None
     for k in range(steps):  # MIB: k = 0 .. steps - 1, the corrupted end included
         x = setup.x0(a_corr + (k / steps) * (a_clean - a_corr))
-        _, *grads = _gradient_run(setup, x, final_norm=final_norm)
-        total = _add(total, _restrict(tuple(grads), keep))
+        logits, *grads = _gradient_run(setup, x, final_norm=final_norm, positions=keep,
+                                       record=rec if k == 0 else None)
+        if k == 0:
+            setup.ablated, setup.counterfactual = rec.values, True
+            setup.corrupted_ld = (logits[:, 0] - logits[:, 1]).double().cpu()
+        total = _add(total, grads)
+    delta = setup.ablated - clean.values
+    _check_prefix(delta, keep)
     return _finish(setup, delta[:, :, keep], total, 1.0 / steps)
 
 
@@ -205,55 +230,16 @@ def _ig_activations(setup: EdgeSetup, steps: int, final_norm: str) -> tuple[torc
             a = k / steps
             mix = a * clean.values[:, senders] + (1 - a) * abl[:, senders]  # [N, n, S, d]
             if kind == "input":
-                _, *grads = _gradient_run(setup, setup.x0(mix[:, 0]), final_norm=final_norm)
+                _, *grads = _gradient_run(setup, setup.x0(mix[:, 0]), final_norm=final_norm, positions=keep)
             else:
                 out = mix.sum(1) + (bias[layer] if kind == "attn" and bias[layer] is not None else 0)
                 _, *grads = _gradient_run(setup, clean.streams[:, layer], layer,
-                                          (kind, layer, out if kind == "attn" else mix[:, 0]), final_norm)
-            total = _add(total, _restrict(tuple(grads), keep))
+                                          (kind, layer, out if kind == "attn" else mix[:, 0]), final_norm,
+                                          positions=keep)
+            total = _add(total, grads)
         e, n = _finish(setup, delta[:, :, keep], total, 1.0 / steps, senders)
         sel = torch.zeros(len(g.senders), dtype=torch.bool)
         sel[senders] = True
         edges[sel] = e[sel]
         nodes[sel] = n[sel]
-    return edges, nodes
-
-
-# ------------------------------------------------------------------ exact
-
-def _exact(setup: EdgeSetup, final_norm: str, memory_mb: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every edge (then every node) really ablated: one row per (edge, prompt)."""
-    g, em, clean, n = setup.graph, setup.em, setup.clean, setup.n
-    f, s = em.f, setup.pairs.seq_len
-    ld0 = setup.clean_ld()
-    size = torch.finfo(f.dtype).bits // 8
-    layer_of = torch.tensor(g.receiver_layer)[g.edge_receiver]
-    edges = torch.zeros(len(g.senders), len(g.receivers), dtype=f.dtype)
-    for layer in range(f.n_layers + 1):  # receivers of block `layer` (n_layers: the logits)
-        ids = (layer_of == layer).nonzero().flatten()
-        rows_e, rows_p = ids.repeat_interleave(n), torch.arange(n).repeat(len(ids))
-        per_row = size * s * f.d_model * (3 * g.n_heads + 16) + size * s * f.n_heads * s * 4
-        for sl in row_chunks(len(rows_e), per_row, memory_mb, f.device):
-            e, p = rows_e[sl], rows_p[sl]
-            u, b = g.edge_sender[e], g.edge_receiver[e]
-            deltas = setup.ablated[p, u] - clean.values[p, u]
-            frozen = frozen_final_norm(setup, p) if final_norm == "frozen" else None
-            with torch.no_grad():
-                out = em.forward(clean.streams[p, layer], SingleEdges(em, b, deltas), layer,
-                                 final_norm=frozen, columns=setup.cols[p])
-            drop = (ld0[p] - (out[:, 0] - out[:, 1])).to(edges.dtype).cpu()
-            edges.index_put_((u, b), drop / n, accumulate=True)
-    nodes = torch.zeros(len(g.senders), dtype=f.dtype)
-    rows_u, rows_p = torch.arange(len(g.senders)).repeat_interleave(n), torch.arange(n).repeat(len(g.senders))
-    per_row = size * s * f.d_model * (2 * len(g.senders) + 3 * g.n_heads + 16)
-    real = g.real.to(f.dtype)
-    for sl in row_chunks(len(rows_u), per_row, memory_mb, f.device):
-        u, p = rows_u[sl], rows_p[sl]
-        off = torch.zeros(len(u), *real.shape, dtype=f.dtype)
-        off[torch.arange(len(u)), u] = real[u]
-        frozen = frozen_final_norm(setup, p) if final_norm == "frozen" else None
-        policy = DenseAblation(em, setup.ablated[p], off.to(f.device), clean.values[p])
-        with torch.no_grad():
-            out = em.forward(setup.x0(clean.values[p, 0]), policy, final_norm=frozen, columns=setup.cols[p])
-        nodes.index_add_(0, u, (ld0[p] - (out[:, 0] - out[:, 1])).to(nodes.dtype).cpu() / n)
     return edges, nodes

@@ -51,6 +51,7 @@ class EdgeSetup:
         self.clean: NodeRun | None = None
         self.ablated: torch.Tensor | None = None
         self.corrupted_ld = torch.full((len(pairs),), float("nan"), dtype=torch.float64)
+        self.counterfactual = False
 
     @property
     def n(self) -> int:
@@ -65,9 +66,9 @@ class EdgeSetup:
 
 
 def edge_setup(model: Any, pairs: PromptPairs, kv: str = "query", ablation: str = "counterfactual",
-               reference: Any = None, clean: bool = True) -> EdgeSetup:
-    """Check the inputs, build the edge runs and compute the ablated values (and, with
-    ``clean``, the clean run)."""
+               reference: Any = None, clean: bool = True, ablated: bool = True) -> EdgeSetup:
+    """Check the inputs, build the edge runs and compute the ablated values (unless not
+    ``ablated``: the caller records them) and, with ``clean``, the clean run."""
     mh = handle(model)
     check_pairs(mh, pairs)
     check_edge_support(mh, pairs.seq_len)
@@ -75,7 +76,8 @@ def edge_setup(model: Any, pairs: PromptPairs, kv: str = "query", ablation: str 
         raise ValueError(f"unknown ablation {ablation!r}: choose one of {ABLATIONS} ('counterfactual' "
                          "is MIB's default: each sender's value on the pair's corrupted prompt)")
     setup = EdgeSetup(mh, pairs, EdgeGraph.of(mh.anatomy, kv))
-    setup.ablated = ablated_values(setup, ablation, reference)
+    if ablated:
+        setup.ablated = ablated_values(setup, ablation, reference)
     if clean:
         setup.clean = node_values(setup.em, pairs.clean_ids, setup.cols)
     return setup
@@ -89,6 +91,7 @@ def ablated_values(setup: EdgeSetup, ablation: str, reference: Any = None) -> to
     if ablation == "counterfactual":
         run = node_values(em, pairs.corrupted_ids, setup.cols)
         setup.corrupted_ld = (run.logits[:, 0] - run.logits[:, 1]).double().cpu()
+        setup.counterfactual = True
         return run.values
     if ablation == "zero":
         s, f = pairs.seq_len, em.f

@@ -33,7 +33,8 @@ class EdgeScores:
     ``method``: ``"eap"``, ``"eap-ig-inputs"``, ``"eap-ig-activations"`` or ``"exact"``;
     ``steps`` the integrated-gradient steps (None otherwise); ``ablation``: what an ablated
     edge carries (``"counterfactual"``, ``"mean"``, ``"zero"``); ``clean`` / ``corrupted`` the
-    prompt-mean logit differences of the two runs; ``final_norm`` ``"live"`` or ``"frozen"``."""
+    prompt-mean logit differences of the two runs (``corrupted`` None unless the ablation is
+    counterfactual); ``final_norm`` ``"live"`` or ``"frozen"``."""
 
     graph: EdgeGraph
     values: torch.Tensor
@@ -43,7 +44,7 @@ class EdgeScores:
     model_name: str
     n_prompts: int
     clean: float
-    corrupted: float
+    corrupted: float | None
     steps: int | None = None
     final_norm: str = "live"
     metric: str = "logit_diff"
@@ -88,7 +89,7 @@ class EdgeScores:
         down (by ``|score|`` when ``absolute``); ties keep the graph's order."""
         v = (self.values if level == "edge" else self.nodes).double()
         key = v.abs() if absolute else v
-        return sorted(range(len(key)), key=lambda i: -float(key[i]))
+        return torch.sort(-key, stable=True).indices.tolist()
 
     def top(self, k: int = 10, absolute: bool = True, level: str = "edge") -> list[tuple[str, float]]:
         """The ``k`` highest-scoring edges (or nodes) with their scores."""
