@@ -136,6 +136,16 @@ def test_exact_edge_patching_equals_the_edge_ablated_by_hooks(case):
         assert scores[f"{edge[0]}->{edge[1]}"] == pytest.approx(float((clean_ld - ld).mean()), abs=1e-9)
 
 
+def test_exact_edge_patching_of_named_edges_is_edge_attributions_exact_score(bundled64):
+    pairs = H.ioi_pairs(bundled64.tokenizer, n=2, seed=5)
+    names = ["a3.h0->logits", "input->a0.h3<q>", "m1->a2.h0<v>"]
+    got = H.exact_edge_patching(bundled64, pairs, names)
+    every = H.edge_attribution(bundled64, pairs, "exact")
+    assert list(got) == names and all(got[e] == pytest.approx(every[e], abs=1e-12) for e in names)
+    with pytest.raises(ValueError, match="unknown edge"):
+        H.exact_edge_patching(bundled64, pairs, ["a0.h3->input"])
+
+
 def test_a_nodes_eap_score_is_the_sum_of_its_edges_and_the_nnsight_attribution_patching_estimate(bundled64):
     """The node score comes from the gradient at the node's output, the edges from the
     receivers' inputs: equal sums is an identity of the residual stream.  For heads it is also
@@ -183,6 +193,39 @@ def test_with_the_final_norm_frozen_eap_into_the_logits_equals_path_patching(whi
         assert exact[edge] == pytest.approx(value, abs=1e-9), edge
     live = H.edge_attribution(model, pairs, "eap")
     assert max(abs(live[e] - eap[e]) for e in live.by_name() if e.endswith("->logits")) > 1e-6
+
+
+def _path_name(node, receiver=False):
+    """MIB's name -> ``helpers.path_patch``'s: ``input`` -> ``embed``, ``a1.h2`` -> ``L1H2``,
+    ``m1`` -> ``mlp1`` (receiver ``mlp1.in``), ``a1.h2<q>`` -> ``L1H2.q``, ``a1.kv0<k>`` -> ``L1KV0.k``."""
+    if node in ("input", "logits"):
+        return {"input": "embed", "logits": "logits"}[node]
+    if node.startswith("m"):
+        return f"mlp{node[1:]}" + (".in" if receiver else "")
+    layer, rest = node[1:].split(".", 1)
+    head, kind = (rest.split("<") + [""])[:2]
+    head = head.replace("kv", "KV") if head.startswith("kv") else "H" + head[1:]
+    return f"L{layer}{head}" + (f".{kind.rstrip('>')}" if kind else "")
+
+
+@pytest.mark.parametrize("which", ["bundled", "llama"])
+def test_exact_edge_patching_is_path_patching_of_that_one_path(which, bundled64, random_models):
+    """Ablating edge u -> v alone changes only v's input, by u's change: path patching u -> v
+    (noising, every other component frozen, norms live) does the same.  On the Llama with
+    grouped-query attention the key/value receivers are path_patch's ``L1KV0.k`` (``kv="kv"``)."""
+    model = bundled64 if which == "bundled" else H.load_model(random_models["llama"], dtype="float64")
+    kv = "query" if which == "bundled" else "kv"
+    pairs = H.ioi_pairs(model.tokenizer, n=2, seed=5)
+    edges = ["input->a0.h1<q>", "a0.h2->a1.h0<q>", "m0->m1", "a1.h3->m1", "m1->logits"]
+    edges += (["input->a1.h2<k>", "a0.h2->a1.h0<v>"] if kv == "query"
+              else ["input->a1.kv0<k>", "a0.h1->a2.kv1<v>"])
+    exact = H.exact_edge_patching(model, pairs, edges, kv=kv)
+    for edge in edges:
+        sender, receiver = edge.split("->")
+        r = H.path_patch(model, pairs, _path_name(sender), _path_name(receiver, True), direction="noise",
+                         metrics=("logit_diff",))
+        drop = float((r.clean["logit_diff"] - r.values["logit_diff"][:, 0, 0]).mean())
+        assert exact[edge] == pytest.approx(drop, abs=1e-9), edge
 
 
 def test_a_key_value_heads_edge_is_the_sum_over_its_query_heads(random_models):

@@ -188,6 +188,15 @@ def test_node_level_curve_counts_nodes(tiny):
 
 # ------------------------------------------------------------------ against a known circuit
 
+def test_a_random_ranking_is_seeded_and_scores_near_chance(tiny):
+    _, _, scores = tiny
+    a, b = H.EdgeScores.random(scores.graph, seed=1), H.EdgeScores.random(scores.graph, seed=1)
+    assert a.values.equal(b.values) and not a.values.equal(H.EdgeScores.random(scores.graph, seed=2).values)
+    truth = H.top_edges(scores, 95)  # any fixed set of ~90 edges
+    aucs = [H.score_against_truth(H.EdgeScores.random(scores.graph, seed=s), truth).roc_auc for s in range(20)]
+    assert 0.4 < sum(aucs) / len(aucs) < 0.6
+
+
 def test_roc_auc_and_curve_on_a_worked_example():
     s = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
     pos = torch.tensor([True, False, True, False, False])

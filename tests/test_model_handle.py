@@ -58,6 +58,7 @@ CALLS = {
     "evaluate_edges": lambda m, p: H.evaluate_edges(m, p, ["a3.h0->logits"]),
     "faithfulness_curve": lambda m, p: H.faithfulness_curve(m, p, _fixed_scores(), percentages=(0.1, 1.0)),
     "edge_graph": lambda m, p: H.edge_graph(m),
+    "exact_edge_patching": lambda m, p: H.exact_edge_patching(m, p, ["a3.h0->logits"]),
 }
 
 

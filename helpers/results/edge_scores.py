@@ -61,6 +61,16 @@ class EdgeScores:
     def __len__(self) -> int:
         return len(self.graph.edges)
 
+    @classmethod
+    def random(cls, graph: EdgeGraph, seed: int = 0, model_name: str = "") -> "EdgeScores":
+        """A random ranking (the baseline MIB reports): edge and node scores drawn uniformly from
+        [-1, 1) with a seeded generator; no model is run (``clean`` / ``corrupted`` are 0)."""
+        g = torch.Generator().manual_seed(int(seed))
+        values = torch.rand(len(graph.edges), generator=g, dtype=torch.float64) * 2 - 1
+        nodes = torch.rand(len(graph.senders), generator=g, dtype=torch.float64) * 2 - 1
+        return cls(graph=graph, values=values, nodes=nodes, method="random", ablation="none",
+                   model_name=model_name, n_prompts=0, clean=0.0, corrupted=None)
+
     def by_name(self) -> dict[str, float]:
         """``{edge name: score}``."""
         return dict(zip(self.graph.edges, self.values.tolist()))
