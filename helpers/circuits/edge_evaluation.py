@@ -115,7 +115,7 @@ def _run_masks(setup: EdgeSetup, masks: torch.Tensor, memory_mb: float | None) -
         kept = torch.zeros(len(c), *real.shape, dtype=torch.bool)
         kept[:, g.edge_sender, g.edge_receiver] = masks[c]
         off[real[None].expand_as(kept) & ~kept] = 1
-        policy = DenseAblation(em, setup.ablated[p], off.to(f.device), clean.values[p])
+        policy = DenseAblation(em, setup.ablated[p], off.to(f.device), clean.values[p], setup.first_position)
         with torch.no_grad():
             logits = em.forward(setup.x0(clean.values[p, 0]), policy, columns=setup.cols[p])
         out[c, p] = (logits[:, 0] - logits[:, 1]).double().cpu()

@@ -85,16 +85,47 @@ class DenseAblation:
     """Receivers' inputs for edge ablation (module docstring): ``ablated`` ``[R, F, S, d]`` the
     ablated sender values per row, ``off`` ``[R, F, B]`` 1 where the edge is ablated (outside
     the row's circuit), ``run`` ``[R, F, S, d]`` the senders' outputs in this run wherever the
-    run does not recompute them (those before its first block: the clean run's)."""
+    run does not recompute them (those before its first block: the clean run's).  Only positions
+    from ``first`` on can differ (counterfactual ablation: the prompts' first difference).
 
-    def __init__(self, em: EdgeModel, ablated: torch.Tensor, off: torch.Tensor, run: torch.Tensor):
-        self.g, self.ablated = em.graph, ablated
-        self.d = ablated - run  # ablated - this run's output, updated as the run makes them
+    A receiver's correction ``sum_{u off} d_u`` is summed over the off edges, or, when fewer
+    senders have edges in the circuit, as ``sum_{u before it} d_u - sum_{u on} d_u`` (every
+    earlier sender is an edge of every receiver of a block): the same sum, over fewer senders."""
+
+    def __init__(self, em: EdgeModel, ablated: torch.Tensor, off: torch.Tensor, run: torch.Tensor,
+                 first: int = 0):
+        self.g, self.first = em.graph, first
+        self.ablated = ablated[:, :, first:]
+        self.d = self.ablated - run[:, :, first:]  # ablated - this run's output, updated as the run goes
         self.off = off.to(ablated.dtype)
+        self.on = em.graph.real.to(off.device, ablated.dtype) - self.off
+        self._total: dict[int, torch.Tensor] = {}
 
     def _corr(self, prev: int, b0: int, b1: int) -> torch.Tensor | None:
-        w = self.off[:, :prev, b0:b1]
-        return None if not bool(w.any()) else _bmm_corr(w, self.d[:, :prev])
+        """``[R, S', b, d]`` at positions ``first ..``, or None (nothing ablated)."""
+        off, on = self.off[:, :prev, b0:b1], self.on[:, :prev, b0:b1]
+        s_off, s_on = off.any(2).any(0).nonzero().flatten(), on.any(2).any(0).nonzero().flatten()
+        if not len(s_off):
+            return None
+        if len(s_off) <= len(s_on) + 1:
+            return self._sum(off, s_off, prev)
+        if prev not in self._total:
+            self._total = {prev: self.d[:, :prev].sum(1)}
+        total = self._total[prev][:, :, None]
+        return total if not len(s_on) else total - self._sum(on, s_on, prev)
+
+    def _sum(self, w: torch.Tensor, senders: torch.Tensor, prev: int) -> torch.Tensor:
+        """``sum_f w[:, f] d[:, f]`` over ``senders`` (gathered when they are few, else the
+        zero weights of the others included: gathering costs as much as the product)."""
+        if 2 * len(senders) > prev:
+            return _bmm_corr(w, self.d[:, :prev])
+        return _bmm_corr(w[:, senders], self.d[:, senders])
+
+    def _add(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[R, S, (n,) d]`` plus the correction at positions ``first ..``."""
+        out = x.clone()
+        out[:, self.first:] += c
+        return out
 
     def attn_inputs(self, layer: int, x: torch.Tensor) -> dict[str, torch.Tensor] | None:
         g = self.g
@@ -103,28 +134,25 @@ class DenseAblation:
         for kind, lo, n in (("q", b0, h), ("k", b0 + h, nk), ("v", b0 + h + nk, nk)):
             c = self._corr(prev, lo, lo + n)
             if c is not None:
-                out[kind] = x[:, :, None] + c
+                out[kind] = self._add(x[:, :, None].expand(-1, -1, n, -1), c)
         return out or None
 
     def heads(self, layer: int, out: torch.Tensor) -> None:
         i = self.g.head_index(layer, 0)
-        self.d[:, i: i + self.g.n_heads] = self.ablated[:, i: i + self.g.n_heads] - out
+        self.d[:, i: i + self.g.n_heads] = self.ablated[:, i: i + self.g.n_heads] - out[:, :, self.first:]
 
     def mlp_input(self, layer: int, x_mid: torch.Tensor) -> torch.Tensor:
         b = self.g.first_receiver(layer) + self.g.per_block - 1
         c = self._corr(self.g.mlp_index(layer), b, b + 1)
-        return x_mid if c is None else x_mid + c[:, :, 0]
+        return x_mid if c is None else self._add(x_mid, c[:, :, 0])
 
     def mlp(self, layer: int, out: torch.Tensor) -> None:
         i = self.g.mlp_index(layer)
-        self.d[:, i] = self.ablated[:, i] - out
+        self.d[:, i] = self.ablated[:, i] - out[:, self.first:]
 
     def logits_input(self, x: torch.Tensor) -> torch.Tensor:
-        b = len(self.g.receivers) - 1
-        w = self.off[:, :, b:]
-        if not bool(w.any()):
-            return x[:, -1:]
-        return x[:, -1:] + _bmm_corr(w, self.d[:, :, -1:])[:, :, 0]
+        c = self._corr(len(self.g.senders), len(self.g.receivers) - 1, len(self.g.receivers))
+        return x[:, -1:] if c is None else x[:, -1:] + c[:, -1:, 0]
 
 
 class SingleEdges:

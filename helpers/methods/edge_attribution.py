@@ -162,10 +162,7 @@ def _eap(setup: EdgeSetup, final_norm: str) -> tuple[torch.Tensor, torch.Tensor]
     """One clean forward (recording every sender) and backward; the corrupted run is done."""
     ids = setup.pairs.clean_ids
     a_in, rec = _recorder(setup, ids)
-    # the positions where the ablated values can differ from the clean ones: from the first
-    # difference of the prompts for counterfactual ablation (a causal model's earlier positions
-    # see the same tokens), else all
-    keep = torch.arange(setup.pairs.first_difference if setup.counterfactual else 0, ids.shape[1])
+    keep = torch.arange(setup.first_position, ids.shape[1])  # where ablated and clean values can differ
     logits, *grads = _gradient_run(setup, setup.x0(a_in), final_norm=final_norm, record=rec,
                                    frozen_at_clean=False, positions=keep)
     setup.clean = NodeRun(rec.values, rec.streams, logits)

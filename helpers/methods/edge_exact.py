@@ -78,7 +78,7 @@ def exact_nodes(setup: EdgeSetup, final_norm: str, memory_mb: float | None) -> t
         off = torch.zeros(len(u), *real.shape, dtype=f.dtype)
         off[torch.arange(len(u)), u] = real[u]
         frozen = frozen_final_norm(setup, p) if final_norm == "frozen" else None
-        policy = DenseAblation(em, setup.ablated[p], off.to(f.device), clean.values[p])
+        policy = DenseAblation(em, setup.ablated[p], off.to(f.device), clean.values[p], setup.first_position)
         with torch.no_grad():
             logits = em.forward(setup.x0(clean.values[p, 0]), policy, final_norm=frozen, columns=setup.cols[p])
         out.index_add_(0, u, (ld0[p] - (logits[:, 0] - logits[:, 1])).double().cpu() / n)

@@ -57,6 +57,13 @@ class EdgeSetup:
     def n(self) -> int:
         return len(self.pairs)
 
+    @property
+    def first_position(self) -> int:
+        """The first position where an ablated value can differ from the clean one: the prompts'
+        first difference under counterfactual ablation (a causal model's earlier positions read
+        the same tokens in both), else 0."""
+        return self.pairs.first_difference if self.counterfactual else 0
+
     def clean_ld(self) -> torch.Tensor:
         return (self.clean.logits[:, 0] - self.clean.logits[:, 1]).detach()
 
