@@ -6,6 +6,8 @@
     .venv/bin/python benchmarks/sweeps.py --quick            # the bundled model, seconds
     .venv/bin/python benchmarks/sweeps.py --profile          # + where the fast path's time goes, by op
     .venv/bin/python benchmarks/sweeps.py --tl-python /path/to/python   # + a TransformerLens row
+    .venv/bin/python benchmarks/sweeps.py --edges            # edge attribution on SmolLM2-135M, ~10 minutes
+    .venv/bin/python benchmarks/sweeps.py --edges --quick    # the same rows on the bundled model, seconds
 
 Model: GPT-2 small's shapes and real tokenizer with random weights (``tests/standin.py``;
 speed does not depend on the weights), or a random Llama with SmolLM2-135M's shapes (30
@@ -70,7 +72,19 @@ then its ``resid`` rows 0 .. n_layers-2 (block outputs); the timed hooks ``resid
 n_layers x seq patches.  TransformerLens is not a dependency of this project; the row exits with a
 clear error if the given Python cannot import ``transformer_lens``.  GPT-2 shapes only.
 
-Results: printed as a markdown table and written to outputs/benchmarks/sweeps-<model>.json.
+**Edge attribution** (``--edges``; issue 27): the real SmolLM2-135M (``H.load_model("smollm2-135m")``,
+float32, 123,211 edges of MIB's graph with key/value receivers per query head), 16 IOI prompt
+pairs (``H.ioi_pairs(tok, n=16, seed=0)``).  **The unit** is one clean forward + backward pass of
+those 16 prompts with the plain transformers model: the summed logit difference differentiated with
+respect to the input embeddings (every activation's gradient, no weight gradients; the least a
+gradient method needs).  Rows, each timed in the same process, interleaved with the unit, median of
+``--repeats``: ``H.edge_attribution`` EAP (target: <= 4x the unit), EAP-IG "inputs" with m = 5 steps
+(target: <= (m + 2)x = 7x), and exact edge patching of the same edges (``H.exact_edge_patching``, one
+run per edge and prompt from the receiver's block on), timed on a seeded random sample of
+``--exact-edges`` (64) edges and scaled by the number of edges, as the output says.
+
+Results: printed as a markdown table and written to outputs/benchmarks/sweeps-<model>.json
+(``--edges``: edges-<model>.json).
 """
 from __future__ import annotations
 
@@ -440,6 +454,81 @@ def tl_child(python: str, model_dir: str, repeats: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# --------------------------------------------------------------------------- edge attribution
+
+EDGE_STEPS = 5  # EAP-IG steps (MIB's default)
+
+
+def edges_child(model_name: str, repeats: int, n_pairs: int, exact_edges: int) -> dict:
+    """The edge-attribution rows (module docstring): seconds per row and per unit, interleaved."""
+    import torch
+
+    torch.set_num_threads(1)
+    import helpers as H
+
+    model = H.load_model(model_name)
+    pairs = H.ioi_pairs(model.tokenizer, n=n_pairs, seed=0)
+    hf = H.models.hf_model(model)
+    graph = H.edge_graph(model)
+    rows = torch.arange(len(pairs))
+
+    def unit():
+        emb = hf.get_input_embeddings()(pairs.clean_ids).detach().requires_grad_(True)
+        last = hf(inputs_embeds=emb, use_cache=False, logits_to_keep=1).logits[:, -1]
+        (last[rows, pairs.answer_ids] - last[rows, pairs.distractor_ids]).sum().backward()
+
+    g = torch.Generator().manual_seed(0)
+    sample = [graph.edges[i] for i in torch.randperm(len(graph.edges), generator=g)[:exact_edges].tolist()]
+    runs = {"eap": lambda: H.edge_attribution(model, pairs, "eap"),
+            "eap-ig-inputs": lambda: H.edge_attribution(model, pairs, "eap-ig-inputs", steps=EDGE_STEPS),
+            "exact (sample)": lambda: H.exact_edge_patching(model, pairs, sample)}
+    unit()  # warm-up
+    runs["eap"]()
+    times: dict = {"unit": [], **{k: [] for k in runs}}
+    cpu: dict = {"unit": [], **{k: [] for k in runs}}
+    for rep in range(repeats):
+        for name, fn in runs.items():
+            for key, call in (("unit", unit), (name, fn)):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                call()
+                times[key].append(time.perf_counter() - start)
+                cpu[key].append(time.process_time() - start_cpu)
+        print(f"repeat {rep + 1}/{repeats} done", file=sys.stderr, flush=True)
+    eap = H.edge_attribution(model, pairs, "eap")
+    exact = H.exact_edge_patching(model, pairs, sample)
+    agree = float(torch.corrcoef(torch.tensor([[eap[e] for e in sample], [exact[e] for e in sample]]))[0, 1])
+    f = H.model_facts(model)
+    return {"model": model_name, "n_layers": f.n_layers, "n_heads": f.n_heads, "n_kv_heads": f.n_kv_heads,
+            "pairs": len(pairs), "seq": pairs.seq_len, "first_difference": pairs.first_difference,
+            "edges": len(graph.edges), "exact_sample": len(sample), "steps": EDGE_STEPS,
+            "eap_vs_exact_correlation_on_sample": agree, "runs": times, "cpu_runs": cpu,
+            "seconds": {k: statistics.median(v) for k, v in times.items()},
+            "cpu_seconds": {k: statistics.median(v) for k, v in cpu.items()}}
+
+
+def print_edges(report: dict) -> None:
+    s, c, m = report["seconds"], report["cpu_seconds"], report["steps"]
+    scale = report["edges"] / report["exact_sample"]
+    print(f"\nMachine: {report['machine']}\nModel: {report['model']} ({report['n_layers']} blocks, "
+          f"{report['n_heads']} query / {report['n_kv_heads']} key-value heads), {report['edges']} edges; "
+          f"{report['pairs']} IOI prompt pairs of {report['seq']} tokens (first difference at "
+          f"{report['first_difference']}); median of {report['repeats']}, one thread. Wall time and this "
+          "process's CPU time (the CPU time does not count other processes sharing the cores).\n")
+    print("| row | wall (s) | x unit | CPU (s) | x unit | target |")
+    print("|---|---|---|---|---|---|")
+    print(f"| unit: one clean forward + backward of the {report['pairs']} prompts (plain transformers) | "
+          f"{s['unit']:.2f} | 1.0x | {c['unit']:.2f} | 1.0x | - |")
+    for name, label, target in (("eap", "EAP, every edge", 4.0),
+                                ("eap-ig-inputs", f"EAP-IG inputs, m = {m}, every edge", m + 2.0)):
+        rw, rc = s[name] / s["unit"], c[name] / c["unit"]
+        verdict = "met" if max(rw, rc) <= target else "MISSED"
+        print(f"| {label} | {s[name]:.2f} | {rw:.2f}x | {c[name]:.2f} | {rc:.2f}x | <= {target:.0f}x: {verdict} |")
+    est, est_c = s["exact (sample)"] * scale, c["exact (sample)"] * scale
+    print(f"| exact edge patching, timed on {report['exact_sample']} random edges, scaled x{scale:.0f} to every "
+          f"edge (estimated) | {est:.0f} | {est / s['unit']:.0f}x | {est_c:.0f} | {est_c / c['unit']:.0f}x | - |")
+    print(f"\nEAP vs exact on the sampled edges: correlation {report['eap_vs_exact_correlation_on_sample']:.2f}")
+
+
 # --------------------------------------------------------------------------- driver
 
 def run_child(*args: str) -> dict:
@@ -479,16 +568,32 @@ def main() -> int:
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child runs")
     ap.add_argument("--profile", action="store_true", help="print where the fast path's time goes, by op")
     ap.add_argument("--tl-python", metavar="PATH", help="a Python with transformer_lens: adds its row")
+    ap.add_argument("--edges", action="store_true",
+                    help="edge attribution rows on SmolLM2-135M (with --quick: the bundled model)")
+    ap.add_argument("--edge-pairs", type=int, default=16, help="prompt pairs of the edge rows")
+    ap.add_argument("--exact-edges", type=int, default=64, help="edges exact edge patching is timed on")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         kind, *rest = args.child
         if kind == "timing":
             print(json.dumps(timing_child(rest[0], int(rest[1]), rest[2], rest[3] == "1", int(rest[4]))))
+        elif kind == "edges":
+            print(json.dumps(edges_child(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))))
         elif kind == "memory":
             print(json.dumps(memory_child(*rest)))
         else:
             print(json.dumps({"text": profile_child(rest[0])}))
+        return 0
+    if args.edges:
+        name = "ioi-tiny" if args.quick else "smollm2-135m"
+        report = run_child("edges", name, str(args.repeats), str(args.edge_pairs), str(args.exact_edges))
+        report.update(machine=machine(), repeats=args.repeats)
+        print_edges(report)
+        out = ROOT / "outputs" / "benchmarks" / f"edges-{name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"\nwrote {out.relative_to(ROOT)}")
         return 0
     sys.path.insert(0, str(ROOT / "tests"))
     with tempfile.TemporaryDirectory() as tmp:

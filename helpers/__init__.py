@@ -1,7 +1,7 @@
 """PatchLab helpers: the plumbing behind the activation-patching notebooks.
 
 ``import helpers as H`` gives the public names (``H.load_model``, ``H.ioi_pairs``,
-``H.patch_residual``, ``H.path_patch``, ...) and the modules the chapters use by name
+``H.patch_residual``, ``H.path_patch``, ``H.edge_attribution``, ``H.evaluate_edges``, ...) and the modules the chapters use by name
 (``H.fmt``, ``H.prompts``, ``H.metrics``, ``H.observe``, ``H.explain``, ``H.figures``, ...).
 
 The code sits in layers; a layer imports only the layers below it (``tests/test_layering.py``
@@ -27,8 +27,14 @@ from helpers import circuits  # noqa: E402
 from helpers.base import fmt, validate  # noqa: E402
 from helpers.base.version import __version__  # noqa: E402
 from helpers.circuits import ioi_classes, readouts  # noqa: E402
+from helpers.circuits.edge_circuits import (Circuit, circuit_from_edges, top_edges,  # noqa: E402
+                                            top_nodes)
+from helpers.circuits.edge_evaluation import (PERCENTAGES, EdgeEvaluation, FaithfulnessCurve,  # noqa: E402
+                                              evaluate_edges, faithfulness_curve)
 from helpers.circuits.evaluation import CircuitEvaluation, compare_ablations, evaluate_circuit  # noqa: E402
+from helpers.circuits.mib_format import load_mib_circuit, save_mib_circuit  # noqa: E402
 from helpers.circuits.search import CircuitSearch, minimal_circuit  # noqa: E402
+from helpers.circuits.truth import TruthScore, compare_circuits, score_against_truth  # noqa: E402
 from helpers.data import pairs, prompts  # noqa: E402
 from helpers.data.behaviours import REFUSAL, BinaryTask, binary_pairs  # noqa: E402
 from helpers.data.prompts import (  # noqa: E402
@@ -51,7 +57,11 @@ from helpers.methods.ablations import (  # noqa: E402
     knockout_patterns,
     resample_rows,
 )
+from helpers.base.edge_graph import EdgeGraph  # noqa: E402
 from helpers.methods.attribution import attribution_patching  # noqa: E402
+from helpers.methods.edge_attribution import edge_attribution  # noqa: E402
+from helpers.methods.edge_exact import exact_edge_patching  # noqa: E402
+from helpers.methods.edge_values import edge_graph  # noqa: E402
 from helpers.methods.observe import (  # noqa: E402
     attention_patterns,
     encode,
@@ -81,6 +91,7 @@ from helpers.models import (  # noqa: E402
     remote,  # noqa: E402
 )
 from helpers.results import metrics, stats  # noqa: E402
+from helpers.results.edge_scores import EdgeScores  # noqa: E402
 from helpers.results.metrics import (  # noqa: E402
     GapTooSmallError,
     answer_prob,

@@ -25,6 +25,14 @@ def pairs(bundled):
     return H.ioi_pairs(bundled.tokenizer, n=3, seed=0)
 
 
+def _fixed_scores():
+    """Edge scores of the bundled model's graph (4 blocks, 4 heads) made without the model."""
+    g = H.EdgeGraph(4, 4, 4)
+    return H.EdgeScores(graph=g, values=torch.linspace(-1, 1, len(g.edges), dtype=torch.float64),
+                        nodes=torch.linspace(0, 1, len(g.senders), dtype=torch.float64), method="fixed",
+                        ablation="counterfactual", model_name="ioi-tiny", n_prompts=3, clean=1.0, corrupted=0.0)
+
+
 CALLS = {
     "patch_residual": lambda m, p: H.patch_residual(m, p),
     "patch_heads": lambda m, p: H.patch_heads(m, p),
@@ -45,6 +53,12 @@ CALLS = {
     "attention_patterns": lambda m, p: H.attention_patterns(m, p.clean_ids, 1),
     "ioi_accuracy": lambda m, p: H.ioi_accuracy(m, H.random_ioi_prompts(4, seed=0)),
     "top_predictions": lambda m, p: H.top_predictions(m, p.clean[0]),
+    "edge_attribution eap": lambda m, p: H.edge_attribution(m, p),
+    "edge_attribution exact": lambda m, p: H.edge_attribution(m, p[:1], "exact"),
+    "evaluate_edges": lambda m, p: H.evaluate_edges(m, p, ["a3.h0->logits"]),
+    "faithfulness_curve": lambda m, p: H.faithfulness_curve(m, p, _fixed_scores(), percentages=(0.1, 1.0)),
+    "edge_graph": lambda m, p: H.edge_graph(m),
+    "exact_edge_patching": lambda m, p: H.exact_edge_patching(m, p, ["a3.h0->logits"]),
 }
 
 

@@ -5,5 +5,6 @@ choices, types, fractions, memory bounds, unused arguments, vocabulary fingerpri
 ``guard`` (the one mechanism that applies them at every public function's edge, from its
 annotations and parameter names),
 ``fmt`` (the one naming scheme — ``L2``, ``attn2``, ``L2H5`` — and how numbers and tables are
-written) and ``version``.  Imports nothing from ``helpers``: every layer may import it.
+written), ``edge_graph`` (MIB's names and indices of a model's senders, receivers and edges)
+and ``version``.  Imports nothing from ``helpers``: every layer may import it.
 """

@@ -3,7 +3,10 @@
 Holds ``evaluation`` (a circuit's faithfulness, completeness and minimality under an
 ablation), ``search`` (a minimal circuit by greedy joint patching), ``ioi_classes`` (Wang et
 al.'s IOI head classes with numeric criteria, the staged search) and ``readouts`` (attention
-along the IOI routes, direct logit attribution, the backup test).  May import
+along the IOI routes, direct logit attribution, the backup test); for circuits of edges
+(MIB's graph): ``edge_circuits`` (circuits, MIB's top-n and pruning), ``edge_evaluation``
+(edge-level ablation, MIB's faithfulness curve, CPR, CMD), ``truth`` (precision / recall and ROC
+AUC against a known circuit) and ``mib_format`` (MIB's circuit JSON).  May import
 ``helpers.methods`` and every layer below it.  Re-exports the public names of the former
 ``helpers.circuits`` module.
 """

@@ -1,7 +1,9 @@
 """The methods layer: the experiments, each one call that returns a result.
 
 Holds ``sweeps`` (activation patching of every site, denoising and noising), ``path_patching``
-(sender -> receiver paths, Wang et al.), ``attribution`` (attribution patching), ``ablations``
+(sender -> receiver paths, Wang et al.), ``attribution`` (attribution patching),
+``edge_attribution`` / ``edge_values`` (EAP, EAP-IG and exact scores of every edge of MIB's
+graph, and what an ablated edge carries), ``ablations``
 (zero / mean / resample ablation, attention knockout) and ``observe`` (predictions, task
 accuracy, attention patterns).  May import ``helpers.results`` and every layer below it
 (``engine``, ``models``, ``data``, ``base``).
