@@ -210,7 +210,8 @@ def test_a_list_given_as_one_string_is_refused_not_split_into_characters(qual, p
 
 
 def _named(names) -> list[tuple[str, str]]:
-    return [(q, p) for q, fn in PUBLIC.items() for p in (guard.rules_of(fn) or {}) if p in names]
+    return [(q, p) for q, fn in PUBLIC.items() for p in (guard.rules_of(fn) or {})
+            if p in names and guard.name_rule_applies(fn, p)]
 
 
 COUNTS = _named({n for n in NAME_RULES if n.startswith("n") or n in ("k", "top", "most", "max_steps",

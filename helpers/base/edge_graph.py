@@ -248,3 +248,8 @@ class EdgeGraph:
         return (f"{len(self.senders)} senders, {len(self.receivers)} receivers, {len(self.edges)} "
                 f"edges ({self.n_layers} blocks x {self.n_heads} heads"
                 + (f", {self.n_kv_heads} key/value heads, kv={self.kv!r})" if self.n_kv_heads < self.n_heads else ")"))
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

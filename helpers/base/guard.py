@@ -9,7 +9,7 @@
   list that is **not** a string (a string would be read one character at a time), its items
   checked when they are strings or choices; a class (``PromptPairs``, ``PatchResult``,
   ``torch.Tensor``, ...) an instance of it; ``X | Y`` either;
-* its **name** (``validate.NAME_RULES``): counts (``n``, ``n_boot``, ``k``, ``batch_size``, ...)
+* its **name** (``validate.NAME_RULES``, when the annotation admits a number): counts (``n``, ``n_boot``, ``k``, ``batch_size``, ...)
   at least 1, ``seed`` a whole number >= 0, thresholds and shares fractions in [0, 1], ``alpha``
   in (0, 1), ``min_gap`` >= 0, ``memory_mb`` > 0;
 
@@ -31,7 +31,8 @@ from typing import Any, Callable, Literal, Union
 
 from helpers.base.validate import NAME_RULES, InputTypeError, as_index, as_real, check_choice
 
-__all__ = ["checked", "guard_module", "rules_of", "check_argument", "literal_values"]
+__all__ = ["checked", "guard_module", "rules_of", "check_argument", "literal_values",
+           "admits_number", "name_rule_applies"]
 
 _SEQUENCES = (cabc.Sequence, list, tuple, cabc.Iterable, cabc.Collection)
 
@@ -201,6 +202,22 @@ def _hints(fn: Callable) -> dict[str, Any]:
         return {}
 
 
+def admits_number(hint: Any) -> bool:
+    """Can a parameter annotated ``hint`` be a number?  The name rules (``NAME_RULES``) apply
+    only then: a ``k: torch.Tensor`` is keys, not a count."""
+    if hint is None or hint is Any or hint in (int, float) or (isinstance(hint, type) and
+                                                              issubclass(hint, (int, float))):
+        return True
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return any(admits_number(a) for a in typing.get_args(hint))
+    return False
+
+
+def name_rule_applies(fn: Callable, name: str) -> bool:
+    """Does ``NAME_RULES[name]`` check ``fn``'s parameter ``name`` (``admits_number``)?"""
+    return name in NAME_RULES and admits_number(_hints(fn).get(name))
+
+
 def _rules(fn: Callable, skip: frozenset[str]) -> dict[str, list[Callable[[Any, str], Any]]]:
     hints = _hints(fn)
     out: dict[str, list] = {}
@@ -211,7 +228,7 @@ def _rules(fn: Callable, skip: frozenset[str]) -> dict[str, list[Callable[[Any, 
         test = _member_test(hints[name]) if name in hints else None
         if test is not None:
             checks.append(test)
-        if name in NAME_RULES:
+        if name in NAME_RULES and admits_number(hints.get(name)):
             checks.append(NAME_RULES[name])
         if checks:
             out[name] = checks

@@ -5,12 +5,12 @@ A ``Circuit`` holds an edge mask ``[E]`` and a node mask over MIB's nodes (the s
 ``logits``), with the scores it came from if any.  Selection follows ``hannamw/EAP-IG``'s
 ``Graph.apply_topn`` and ``Graph.prune`` (MIB's evaluation applies them at every circuit size):
 
-* ``top_edges(scores, n)``: the n highest-scoring edges (by ``|score|`` when ``absolute``, else
+* ``top_edges(scores, size)``: the ``size`` highest-scoring edges (by ``|score|`` when ``absolute``, else
   signed; ties keep the graph's order), then **pruned**: repeatedly drop every node without an
   edge in and an edge out (``input`` needs none in, ``logits`` stays) and every edge whose sender
   or receiver node is dropped, until nothing changes.  What is left lies on paths from ``input``
   to ``logits``, so a circuit can hold fewer than n edges;
-* ``top_nodes(scores, n)``: the n highest-scoring sender nodes; the circuit is every edge from a
+* ``top_nodes(scores, size)``: the ``size`` highest-scoring sender nodes; the circuit is every edge from a
   chosen node to a chosen node or to ``logits`` (MIB's node level: a node's outgoing edges, those
   into unchosen nodes removed; MIB's prune then removes nothing, because its node masks keep a
   node that has any chosen node at all);
@@ -155,27 +155,27 @@ def _top(values: torch.Tensor, n: int, absolute: bool) -> torch.Tensor:
     return mask
 
 
-def top_edges(scores: EdgeScores, n: int, absolute: bool = True, pruned: bool = True) -> Circuit:
-    """The ``n`` highest-scoring edges (MIB ``apply_topn(n, absolute, level="edge")``), pruned
+def top_edges(scores: EdgeScores, size: int, absolute: bool = True, pruned: bool = True) -> Circuit:
+    """The ``size`` highest-scoring edges (MIB ``apply_topn(size, absolute, level="edge")``), pruned
     unless ``pruned=False`` (module docstring)."""
-    n = as_count(n, "n", minimum=0)
-    if n > len(scores.graph.edges):
-        raise ValueError(f"n = {n} is more than the graph's {len(scores.graph.edges)} edges")
-    edges = _top(scores.values, n, absolute)
+    size = as_count(size, "size", minimum=0)
+    if size > len(scores.graph.edges):
+        raise ValueError(f"size = {size} is more than the graph's {len(scores.graph.edges)} edges")
+    edges = _top(scores.values, size, absolute)
     graph = scores.graph
     edges, nodes = prune(graph, edges) if pruned else (edges, _nodes_of(graph, edges))
     return _circuit(graph, edges, nodes, scores)
 
 
-def top_nodes(scores: EdgeScores, n: int, absolute: bool = True) -> Circuit:
-    """The ``n`` highest-scoring sender nodes and every edge among them and into ``logits``
-    (MIB ``apply_topn(n, absolute, level="node")``; module docstring)."""
+def top_nodes(scores: EdgeScores, size: int, absolute: bool = True) -> Circuit:
+    """The ``size`` highest-scoring sender nodes and every edge among them and into ``logits``
+    (MIB ``apply_topn(size, absolute, level="node")``; module docstring)."""
     graph = scores.graph
-    n = as_count(n, "n", minimum=0)
-    if n > len(graph.senders):
-        raise ValueError(f"n = {n} is more than the graph's {len(graph.senders)} sender nodes")
+    size = as_count(size, "size", minimum=0)
+    if size > len(graph.senders):
+        raise ValueError(f"size = {size} is more than the graph's {len(graph.senders)} sender nodes")
     nodes = torch.zeros(len(graph.nodes), dtype=torch.bool)
-    nodes[:-1] = _top(scores.nodes, n, absolute)
+    nodes[:-1] = _top(scores.nodes, size, absolute)
     nodes[-1] = True
     recv = _edge_receiver_node_masks(graph)
     edges = nodes[graph.edge_sender] & (recv & nodes).any(1)
@@ -210,3 +210,8 @@ def as_edge_masks(graph: EdgeGraph, circuits: Any) -> torch.Tensor:
     if not out:
         raise ValueError("no circuits given: pass a Circuit, a list of edge names, or a list of them")
     return torch.stack(out)
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

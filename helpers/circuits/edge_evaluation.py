@@ -204,3 +204,8 @@ def faithfulness_curve(model: Any, pairs: PromptPairs, scores: EdgeScores, ablat
                              cmd=area_from_1(percentages, curves["absolute"]) if "absolute" in curves else None,
                              full=float(ev.full.mean()), empty=float(ev.empty.mean()), level=level,
                              ablation=ablation, method=scores.method)
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

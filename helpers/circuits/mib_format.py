@@ -119,3 +119,8 @@ def load_mib_circuit(source: str | os.PathLike | dict) -> Circuit:
     return Circuit(g, edges, nodes, scores, node_scores,
                    flags["edges"] if flags["edges"].any() else None,
                    flags["nodes"] if flags["nodes"].any() else None, info)
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -138,3 +138,8 @@ def compare_circuits(circuit: Circuit, truth: Circuit, *, level: str = "edge",
     return {"precision": tp / (tp + fp) if tp + fp else 0.0, "recall": tp / (tp + fn) if tp + fn else 0.0,
             "tpr": tp / (tp + fn) if tp + fn else 0.0, "fpr": fp / (fp + tn) if fp + tn else 0.0,
             "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -209,3 +209,8 @@ class EdgeModel:
         if capture is not None:
             capture.add(("final", self.f.n_layers), final)
         return self.blocks.logits(final[:, -1], columns, final_norm)
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

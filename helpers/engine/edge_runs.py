@@ -287,3 +287,8 @@ def scores_from(em: EdgeModel, delta: torch.Tensor, blocks: list[torch.Tensor | 
                 out[lo:hi, b0 + cols.start: b0 + cols.stop] = d2[: hi - lo] @ g2[:, cols]
     out[lo: lo + d2.shape[0], -1] = d2 @ logits.reshape(r * s * dm)
     return out * em.graph.real.to(out.device)
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -240,3 +240,8 @@ def _ig_activations(setup: EdgeSetup, steps: int, final_norm: str) -> tuple[torc
         edges[sel] = e[sel]
         nodes[sel] = n[sel]
     return edges, nodes
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

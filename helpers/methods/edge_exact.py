@@ -83,3 +83,8 @@ def exact_nodes(setup: EdgeSetup, final_norm: str, memory_mb: float | None) -> t
             logits = em.forward(setup.x0(clean.values[p, 0]), policy, final_norm=frozen, columns=setup.cols[p])
         out.index_add_(0, u, (ld0[p] - (logits[:, 0] - logits[:, 1])).double().cpu() / n)
     return out
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

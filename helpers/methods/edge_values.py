@@ -141,3 +141,8 @@ def row_chunks(n_rows: int, bytes_per_row: float, memory_mb: float | None, devic
     budget = memory_mb if memory_mb is not None else sweep_budget_mb(device)
     k = max(1, int(budget * 2**20 // max(1.0, bytes_per_row)))
     return [slice(i, min(n_rows, i + k)) for i in range(0, n_rows, k)]
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())

@@ -130,3 +130,8 @@ class EdgeScores:
         path = Path(path)
         path.write_text(json_text(self.to_dict()))
         return path
+
+
+from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
+
+guard_module(globals())
