@@ -245,7 +245,7 @@ def test_dla_with_mean_ablated_heads_adds_up_to_the_ablated_runs_logit_differenc
 
 def test_dla_refuses_an_unknown_run(gpt2_case):
     _, model, pairs = gpt2_case
-    with pytest.raises(ValueError, match="run='patched' is not a valid choice.*'clean', 'corrupted'"):
+    with pytest.raises(ValueError, match="run='patched' is not a valid choice.*'clean'.*'corrupted'"):
         C.direct_logit_attribution(model, pairs, run="patched")
 
 

@@ -279,7 +279,7 @@ def test_numpy_and_tensor_integers_and_negative_indices_mean_what_python_means(b
 
 
 def test_bad_direction_is_rejected(bundled):
-    with pytest.raises(ValueError, match="direction='.*' is not a valid choice.*'denoise', 'noise'"):
+    with pytest.raises(ValueError, match="direction='.*' is not a valid choice.*'denoise'.*'noise'"):
         H.patch_residual(bundled, H.ioi_pairs(bundled.tokenizer, n=1), "forwards")
 
 

@@ -307,7 +307,7 @@ def test_many_receivers_share_forward_passes_and_chunks_change_nothing(bundled64
     (dict(receiver_positions=99), r"position=99 is out of range"),
     (dict(senders=["L0H0", "L0H0"]), r"\['L0H0'\] given twice"),
     (dict(receivers=[]), r"no receivers"),
-    (dict(direction="sideways"), r"direction='sideways' is not a valid choice.*'denoise', 'noise'"),
+    (dict(direction="sideways"), r"direction='sideways' is not a valid choice.*'denoise'.*'noise'"),
     (dict(method="loop"), r"method='loop' is not a valid choice.*'fast', 'batched'"),
     (dict(final_norm="off"), r"final_norm='off' is not a valid choice.*'live', 'frozen'"),
     (dict(metrics=("logit_diff",), metric="answer_prob"), r"holding metric=.answer_prob."),
