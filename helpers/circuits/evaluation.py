@@ -26,6 +26,12 @@ difference, as Wang et al.) of the clean prompts with every component of U **out
 
 ``compare_ablations`` evaluates one circuit under several ablation kinds: one table row each,
 with the verdict (faithful / complete / minimal at the given thresholds).
+
+``method="fast"`` (default; GPT-2 and Llama-style models) runs the ablated sets on
+``helpers.engine.fastablate``: the sets of one prompt share the blocks they agree on (a
+complement ablation runs block 0 once per prompt, then branches where its sets differ);
+``"batched"`` runs whole traced forwards.  Remote models and other families run batched.  The
+result's ``method`` records which ran.
 """
 from __future__ import annotations
 
@@ -38,8 +44,8 @@ import torch
 from helpers.base.validate import as_count
 from helpers.data.prompts import PromptPairs
 from helpers.engine.runs import all_components, check_pairs
-from helpers.methods.ablations import (KINDS, ablation_source, check_kind, component_patches,
-                                       run_sets)
+from helpers.methods.ablations import (KINDS, Method, ablation_source, check_kind, component_patches,
+                                       pick_method, run_sets)
 from helpers.models.loaded import handle
 from helpers.results.metrics import normalised
 
@@ -66,6 +72,7 @@ class CircuitEvaluation:
     completeness: dict[str, Any]   # K, gap (normalised), raw gap, both metrics, path
     curve: list[dict[str, Any]]    # size, added, faithfulness
     evaluated_sets: int = 0        # distinct ablated sets run
+    method: str = "batched"        # what ran them: "fast" or "batched"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN becomes None)."""
@@ -84,9 +91,10 @@ class _Evaluator:
     """M(S) for kept sets S, each distinct set run once (batched), cached."""
 
     def __init__(self, model: Any, pairs: PromptPairs, universe: list[str], kind: str,
-                 reference: Any, seed: int, metric: str, batch_size: int | None) -> None:
+                 reference: Any, seed: int, metric: str, batch_size: int | None,
+                 method: str) -> None:
         self.model, self.pairs, self.universe, self.metric = model, pairs, universe, metric
-        self.batch_size = batch_size
+        self.batch_size, self.method = batch_size, method
         self.patch = dict(zip(universe, component_patches(model, universe, pairs.seq_len)))
         self.source = ablation_source(model, pairs, list(self.patch.values()), kind, reference, seed)
         self.known: dict[frozenset, float] = {}
@@ -96,7 +104,8 @@ class _Evaluator:
         todo = list(dict.fromkeys(k for k in keys if k not in self.known))
         if todo:
             sets = [[self.patch[c] for c in self.universe if c not in k] for k in todo]
-            values, _ = run_sets(self.model, self.pairs, self.source, sets, self.batch_size)
+            values, _, self.method = run_sets(self.model, self.pairs, self.source, sets,
+                                              self.batch_size, self.method, (self.metric,))
             for k, v in zip(todo, values[self.metric].mean(0).tolist()):
                 self.known[k] = v
         return [self.known[k] for k in keys]
@@ -109,12 +118,13 @@ def _norm(value: float, full: float, empty: float, metric: str, min_gap: float |
 def evaluate_circuit(model: Any, pairs: PromptPairs, circuit: Sequence[str], ablation: str = "mean",
                      *, universe: Sequence[str] | None = None, reference: Any = None, seed: int = 0,
                      metric: str = "logit_diff", max_steps: int = 3, min_gap: float | None = None,
-                     batch_size: int | None = None) -> CircuitEvaluation:
+                     batch_size: int | None = None, method: Method = "fast") -> CircuitEvaluation:
     """Faithfulness, minimality, completeness and the size-vs-faithfulness curve of ``circuit``
     with everything else in ``universe`` (default every head and MLP) ablated by ``ablation``
     (``"mean"``, ``"zero"``, ``"resample"``; ``reference``, ``seed``: ``helpers.methods.ablations``).
     ``max_steps`` caps the greedy completeness search.  ``min_gap``: the smallest
-    ``|M(U) - M({})|`` that may be divided by (``helpers.results.metrics.normalised``)."""
+    ``|M(U) - M({})|`` that may be divided by (``helpers.results.metrics.normalised``).
+    ``method``: ``"fast"`` or ``"batched"`` (module docstring)."""
     mh = handle(model)
 
     check_kind(ablation)
@@ -132,7 +142,8 @@ def evaluate_circuit(model: Any, pairs: PromptPairs, circuit: Sequence[str], abl
         raise ValueError(f"circuit component(s) {outside} are not in the universe: write them as "
                          "in helpers.circuits.search.all_components(model) ('L0H3', 'mlp1'), or add them "
                          "to universe=")
-    M = _Evaluator(mh, pairs, universe, ablation, reference, seed, metric, batch_size)
+    M = _Evaluator(mh, pairs, universe, ablation, reference, seed, metric, batch_size,
+                   pick_method(mh, method, pairs.seq_len))
     U, C = set(universe), set(circuit)
     # one batched run: U, {}, C, and C minus each member
     full, empty, m_c, *without = M([U, set(), C] + [C - {v} for v in circuit])
@@ -173,7 +184,7 @@ def evaluate_circuit(model: Any, pairs: PromptPairs, circuit: Sequence[str], abl
                              full=full, empty=empty, circuit_metric=m_c, faithfulness=faith,
                              wang_ratio=m_c / full if full != 0 else math.nan,
                              minimality=share, minimality_drop=drops, completeness=completeness,
-                             curve=curve, evaluated_sets=len(M.known))
+                             curve=curve, evaluated_sets=len(M.known), method=M.method)
 
 
 def compare_ablations(model: Any, pairs: PromptPairs, circuit: Sequence[str],
@@ -188,7 +199,8 @@ def compare_ablations(model: Any, pairs: PromptPairs, circuit: Sequence[str],
     share >= ``minimal_share``.  ``reference`` is the mean ablation's reference set (e.g. ABC
     prompts), ``resample_reference`` the resample ablation's (default: the prompts themselves,
     each from another one).  ``kw`` goes to ``evaluate_circuit`` (``seed``, ``universe``,
-    ``metric``, ``max_steps``, ...)."""
+    ``metric``, ``max_steps``, ``method``, ...); the table's ``attrs["method"]`` records what
+    ran."""
     mh = handle(model)
     import pandas as pd
 
@@ -196,10 +208,11 @@ def compare_ablations(model: Any, pairs: PromptPairs, circuit: Sequence[str],
         ablations = [ablations]
     for kind in ablations:
         check_kind(kind)
-    rows = []
+    rows, ran = [], set()
     for kind in ablations:
         ref = {"mean": reference, "resample": resample_reference}.get(kind)
         e = evaluate_circuit(mh, pairs, circuit, kind, reference=ref, **kw)
+        ran.add(e.method)
         least = min(e.minimality.values(), default=math.nan)
         verdict = [("faithful" if e.faithfulness >= faithful_at else "not faithful"),
                    ("complete" if e.completeness["gap"] <= complete_within else "incomplete"),
@@ -209,4 +222,6 @@ def compare_ablations(model: Any, pairs: PromptPairs, circuit: Sequence[str],
                      "wang_ratio": e.wang_ratio, "completeness_gap": e.completeness["gap"],
                      "worst_K": " + ".join(e.completeness["K"]) or "(none)",
                      "least_minimality": least, "verdict": ", ".join(verdict)})
-    return pd.DataFrame(rows).set_index("ablation")
+    table = pd.DataFrame(rows).set_index("ablation")
+    table.attrs["method"] = ", ".join(sorted(ran))
+    return table
