@@ -98,6 +98,7 @@ class _Evaluator:
         self.patch = dict(zip(universe, component_patches(model, universe, pairs.seq_len)))
         self.source = ablation_source(model, pairs, list(self.patch.values()), kind, reference, seed)
         self.known: dict[frozenset, float] = {}
+        self.keep: dict = {}  # the clean run, computed once
 
     def __call__(self, kept_sets: Sequence[Sequence[str]]) -> list[float]:
         keys = [frozenset(s) for s in kept_sets]
@@ -105,7 +106,8 @@ class _Evaluator:
         if todo:
             sets = [[self.patch[c] for c in self.universe if c not in k] for k in todo]
             values, _, self.method = run_sets(self.model, self.pairs, self.source, sets,
-                                              self.batch_size, self.method, (self.metric,))
+                                              self.batch_size, self.method, (self.metric,),
+                                              keep=self.keep)
             for k, v in zip(todo, values[self.metric].mean(0).tolist()):
                 self.known[k] = v
         return [self.known[k] for k in keys]

@@ -177,19 +177,23 @@ def _result(mh: ModelHandle, pairs: PromptPairs, values: dict[str, torch.Tensor]
 
 def run_sets(model: Any, pairs: PromptPairs, source: dict[Key, torch.Tensor],
              sets: list[list[Patch]], batch_size: int | None, method: Method = "fast",
-             metrics: Sequence[str] = METRICS, knock: list[dict] | None = None
-             ) -> tuple[dict, torch.Tensor, str]:
+             metrics: Sequence[str] = METRICS, knock: list[dict] | None = None,
+             keep: dict | None = None) -> tuple[dict, torch.Tensor, str]:
     """The ``metrics`` ``[n, len(sets)]`` of the clean runs with each set of whole heads / MLP
     outputs replaced from ``source`` (``ablation_source``), or (``knock``, one ``_edge_masks``
     per set, ``sets`` empty) with each set's attention edges knocked out; the clean run's
     last-position logits ``[n, vocab]``; the method that ran (``pick_method``).  Only the
-    answer and distractor logits are computed for ``metrics=("logit_diff",)``."""
+    answer and distractor logits are computed for ``metrics=("logit_diff",)``.  ``keep``: a
+    dict the caller keeps across calls on the same ``pairs``, where the clean run is kept."""
     mh = handle(model)
     n, k = len(pairs), len(knock) if knock is not None else len(sets)
     method = pick_method(mh, method, pairs.seq_len)
-    base = cache_runs(mh, pairs.clean_ids)[0] if method == "fast" else None
-    clean_logits = base.logits if base else cache_activations(mh, pairs.clean_ids, [])[1]
-    check_finite(clean_logits, "the logits of the clean run")
+    keep = {} if keep is None else keep
+    if method not in keep:  # the clean run: its cache (fast) and last-position logits [n, vocab]
+        base = cache_runs(mh, pairs.clean_ids)[0] if method == "fast" else None
+        keep[method] = base, base.logits if base else cache_activations(mh, pairs.clean_ids, [])[1]
+        check_finite(keep[method][1], "the logits of the clean run")
+    base, clean_logits = keep[method]
     if base is not None:
         heads, mlps = set_masks(mh, sets if knock is None else [[] for _ in range(k)])
         edges = None if knock is None else knock_stack(knock)
