@@ -181,6 +181,24 @@ def test_ablation_equals_the_hooks_reference(case, kind, method):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_complement_ablation_equals_the_hooks_reference(case, method):
+    """Everything but a few heads mean-ablated (a circuit's complement, with and without an MLP):
+    the fast path computes attention for the kept heads only, key/value heads shared."""
+    family, model, plain, pairs, abc, _ = case
+    f = H.model_facts(model)
+    heads = [f"L{L}H{h}" for L in range(f.n_layers) for h in range(f.n_heads)]
+    keeps = [["L0H1", "L1H0", f"L1H{f.n_heads - 1}"], ["L1H1"], []]
+    sets = [[c for c in heads if c not in keep] for keep in keeps] + [heads[1:] + ["mlp0"]]
+    got = A.ablate(model, pairs, sets, "mean", reference=abc.corrupted_ids, method=method)
+    assert got.method == method
+    means = {c: v.mean(0, keepdim=True)
+             for c, v in hook_cache(plain, family, abc.corrupted_ids, heads + ["mlp0"]).items()}
+    for col, subset in enumerate(sets):
+        want = ld(hook_run(plain, family, pairs.clean_ids, {c: means[c] for c in subset}), pairs)
+        assert (got.values["logit_diff"][:, col] - want).abs().max() < TOL, col
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_the_baselines_make_score_work(gpt2_case, method):
     _, model, _, pairs, _, comps = gpt2_case
     r = A.ablate(model, pairs, [comps, []], "zero", method=method)

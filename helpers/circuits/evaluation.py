@@ -44,8 +44,8 @@ import torch
 from helpers.base.validate import as_count
 from helpers.data.prompts import PromptPairs
 from helpers.engine.runs import all_components, check_pairs
-from helpers.methods.ablations import (KINDS, Method, ablation_source, check_kind, component_patches,
-                                       pick_method, run_sets)
+from helpers.methods.ablations import (KINDS, Method, ablation_source, check_kind, clean_run,
+                                       component_patches, pick_method, run_sets)
 from helpers.models.loaded import handle
 from helpers.results.metrics import normalised
 
@@ -96,9 +96,10 @@ class _Evaluator:
         self.model, self.pairs, self.universe, self.metric = model, pairs, universe, metric
         self.batch_size, self.method = batch_size, method
         self.patch = dict(zip(universe, component_patches(model, universe, pairs.seq_len)))
-        self.source = ablation_source(model, pairs, list(self.patch.values()), kind, reference, seed)
-        self.known: dict[frozenset, float] = {}
         self.keep: dict = {}  # the clean run, computed once
+        self.source = ablation_source(model, pairs, list(self.patch.values()), kind, reference, seed,
+                                      clean_run(model, pairs, method, self.keep)[0])
+        self.known: dict[frozenset, float] = {}
 
     def __call__(self, kept_sets: Sequence[Sequence[str]]) -> list[float]:
         keys = [frozenset(s) for s in kept_sets]

@@ -138,13 +138,16 @@ def run_masked(model: Any, base: BaseCache, values: dict[Key, torch.Tensor], hea
             last = layer == n_layers - 1 or read
             kid = _ids(knock.get(layer), k, dev)[sets]
             mid = _ids(torch.cat([heads[:, layer], mlps[:, layer, None]], 1), k, dev)[sets]
-            every = heads[sets, layer].all(1) & (not read)
             att, att_row = _groups(torch.stack([pairs, node, kid], 1), (node >= 0) | (kid > 0) | read)
             out, out_row = _groups(torch.stack([pairs, att, mid], 1), (att >= 0) | (mid > 0))
-            needed = torch.zeros(len(att_row), dtype=torch.bool, device=dev)
-            needed[att[(att >= 0) & ~every]] = True  # a group whose every head is replaced needs none
+            # the heads each attention group computes: those any of its rows keeps (all: read)
+            mine = (att >= 0).nonzero()[:, 0]
+            kept = torch.zeros(len(att_row), f.n_heads, dtype=torch.long, device=dev)
+            kept.index_add_(0, att[mine], (~heads[sets[mine], layer] | read).long())
+            kept = kept > 0
+            needed = kept.any(1)  # a group whose every head is replaced computes no attention
             z_att, got = _attend(blocks, base, stream, node, pairs, sets, layer, att_row[needed],
-                                 positions, causal, first, knock.get(layer), last, read)
+                                 kept[needed], positions, causal, first, knock.get(layer), last, read)
             if read:
                 return got[att]
             slot = torch.full((len(att_row) + 1,), -1, dtype=torch.long, device=dev)  # [-1]: none
@@ -172,29 +175,63 @@ def _stream(base: BaseCache, stream: torch.Tensor | None, node: torch.Tensor, pa
 
 
 def _attend(blocks: Blocks, base: BaseCache, stream: torch.Tensor | None, node: torch.Tensor,
-            pairs: torch.Tensor, sets: torch.Tensor, layer: int, rows: torch.Tensor,
+            pairs: torch.Tensor, sets: torch.Tensor, layer: int, rows: torch.Tensor, kept: torch.Tensor,
             positions: torch.Tensor, causal: torch.Tensor, first: int, knock: torch.Tensor | None,
             last: bool, read: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Block ``layer``'s attention output before the output projection of the groups
     represented by ``rows``: ``[groups, w, n_heads * d_head]`` (w = 1 in the last block unless
-    ``read``, else ``seq - first``), and if ``read`` their weights ``[groups, n_heads, seq, seq]``."""
+    ``read``, else ``seq - first``), computed for the heads ``kept`` ``[groups, n_heads]`` (bool)
+    only, zero in the others' columns; if ``read`` (every head kept) the weights ``[groups,
+    n_heads, seq, seq]`` too.  Groups keeping most heads run with all of them, the others with
+    the heads any of them keeps."""
     if not len(rows):
         return None, None
     f = blocks.f
-    g, w = len(rows), len(positions)
-    x = _stream(base, stream, node[rows], pairs[rows], layer, first)
-    q, k, v = blocks.qkv(layer, x.reshape(g * w, -1), positions.repeat(g))
-    p = pairs[rows]
-    keys = torch.cat([base.keys[p, layer, :, :first], k.view(g, w, -1, f.d_head).transpose(1, 2)], 2)
-    vals = torch.cat([base.values[p, layer, :, :first], v.view(g, w, -1, f.d_head).transpose(1, 2)], 2)
-    q = q.view(g, w, f.n_heads, f.d_head).transpose(1, 2)  # [g, n_heads, w, d_head]
     final = last and not read
+    z = base.z.new_zeros(len(rows), 1 if final else len(positions), f.n_heads * f.d_head)
+    weights = None
+    most = kept.sum(1) > f.n_heads // 2
+    for part in (most, ~most):
+        if not part.any():
+            continue
+        these = torch.arange(f.n_heads, device=kept.device) if part is most else kept[part].any(0).nonzero()[:, 0]
+        got, weights = _attend_heads(blocks, base, stream, node[rows[part]], pairs[rows[part]], layer,
+                                     these, positions, causal, first, final,
+                                     None if knock is None else knock[sets[rows[part]]], read)
+        cols = (these[:, None] * f.d_head + torch.arange(f.d_head, device=these.device)).flatten()
+        mine = z[part]
+        mine[:, :, cols] = got.to(z.dtype)
+        z[part] = mine
+    return z, weights
+
+
+def _attend_heads(blocks: Blocks, base: BaseCache, stream: torch.Tensor | None, node: torch.Tensor,
+                  pair: torch.Tensor, layer: int, heads: torch.Tensor, positions: torch.Tensor,
+                  causal: torch.Tensor, first: int, final: bool, knock: torch.Tensor | None,
+                  read: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The attention output of the query ``heads`` ``[h]`` (ascending) of streams ``node`` /
+    ``pair`` ``[g]``: ``[g, w, h * d_head]``, and if ``read`` their weights ``[g, h, w, seq]``;
+    ``knock`` ``[g, n_heads, seq, seq]``.  Only those heads' (and their key/value heads')
+    columns of the q/k/v projections are computed."""
+    f = blocks.f
+    g, w = len(node), len(positions)
+    x = _stream(base, stream, node, pair, layer, first).reshape(g * w, -1)
+    kv = torch.unique(heads // (f.n_heads // f.n_kv_heads))  # the key/value heads they read
+    if len(heads) == f.n_heads:
+        q, k, v = blocks.qkv(layer, x, positions.repeat(g))
+    else:
+        q, k, v = _qkv_heads(blocks, layer, x, positions.repeat(g), heads, kv)
+    keys = torch.cat([base.keys[pair, layer][:, kv, :first], k.view(g, w, -1, f.d_head).transpose(1, 2)], 2)
+    vals = torch.cat([base.values[pair, layer][:, kv, :first], v.view(g, w, -1, f.d_head).transpose(1, 2)], 2)
+    if len(heads) != f.n_heads:  # each query head its own key/value head
+        at = torch.searchsorted(kv, heads // (f.n_heads // f.n_kv_heads))
+        keys, vals = keys[:, at], vals[:, at]
+    q = q.view(g, w, len(heads), f.d_head).transpose(1, 2)  # [g, h, w, d_head]
     if final:
         q, causal = q[:, :, -1:], causal[-1:]
-    weights = []
-    edit = None
+    weights, edit = [], None
     if knock is not None or read:
-        mask = None if knock is None else knock[sets[rows]][:, :, first:]
+        mask = None if knock is None else knock[:, heads, first:]
         mask = mask[:, :, -1:] if mask is not None and final else mask
 
         def edit(probs: torch.Tensor) -> torch.Tensor:
@@ -202,7 +239,37 @@ def _attend(blocks: Blocks, base: BaseCache, stream: torch.Tensor | None, node: 
             weights.append(probs)
             return probs
     z = blocks.attend(layer, q, keys, vals, causal, edit)
-    return z, (weights[0] if weights else None)
+    return z, (weights[0] if read else None)
+
+
+def _qkv_heads(blocks: Blocks, layer: int, x: torch.Tensor, positions: torch.Tensor,
+               heads: torch.Tensor, kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``Blocks.qkv`` for the query ``heads`` and key/value heads ``kv`` only: queries
+    ``[T, h, d_head]``, keys and values ``[T, len(kv), d_head]`` of the block's input ``x``
+    ``[T, d_model]`` at ``positions`` ``[T]``."""
+    f, hf = blocks.f, blocks.hf
+    h = blocks.norms(layer)[0](x)
+
+    def project(kind: str, which: torch.Tensor) -> torch.Tensor:
+        module = f.qkv_module(hf, layer, kind)
+        cols = torch.cat([torch.arange(f.qkv_columns(kind, int(i)).start,
+                                       f.qkv_columns(kind, int(i)).stop) for i in which.tolist()])
+        if isinstance(module, torch.nn.Linear):
+            bias = None if module.bias is None else module.bias[cols]
+            out = torch.nn.functional.linear(h, module.weight[cols], bias)
+        else:  # GPT-2's Conv1D: x @ weight + bias
+            out = torch.addmm(module.bias[cols], h, module.weight[:, cols])
+        return out.view(len(h), len(which), f.d_head)
+
+    q, k, v = project("q", heads), project("k", kv), project("v", kv)
+    if blocks.gpt2:
+        return q, k, v
+    attn = f.attn(hf, layer)
+    if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head's vector
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    cos, sin = blocks.rotary(x[None], positions[None])  # [1, T, d_head]
+    q, k = blocks.rope(q[None], k[None], cos, sin, unsqueeze_dim=2)
+    return q[0], k[0], v
 
 
 def _after(blocks: Blocks, base: BaseCache, values: dict, stream: torch.Tensor | None,

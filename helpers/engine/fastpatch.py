@@ -119,9 +119,9 @@ class Blocks:
         ``values`` ``[rows, n_kv_heads, seq, d_head]``: ``[rows, w, n_heads * d_head]``;
         ``edit(weights)`` may replace the weights ``[rows, n_heads, w, seq]`` before they are used."""
         f = self.f
-        if f.n_kv_heads != f.n_heads:  # grouped-query attention: each kv head serves a group
-            keys = keys.repeat_interleave(f.n_heads // f.n_kv_heads, dim=1)
-            values = values.repeat_interleave(f.n_heads // f.n_kv_heads, dim=1)
+        if keys.shape[1] != q.shape[1]:  # grouped-query attention: each kv head serves a group
+            group = q.shape[1] // keys.shape[1]
+            keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
         scores = q @ keys.transpose(-1, -2)
         cfg = self.hf.config
         if self.gpt2:

@@ -46,7 +46,7 @@ import torch
 from helpers.base.validate import check_finite, norm_index
 from helpers.data.prompts import PromptPairs
 from helpers.engine.fastablate import knock_stack, run_masked, set_masks
-from helpers.engine.fastpatch import cache_runs, supports_fast_path
+from helpers.engine.fastpatch import BaseCache, cache_runs, supports_fast_path
 from helpers.engine.memory import rows_per_chunk, sweep_budget_mb
 from helpers.engine.runs import (Patch, cache_activations, check_pairs, component_patch,
                                  normalise_patch, run_with_patches)
@@ -56,7 +56,7 @@ from helpers.results.metrics import METRICS, metrics_of
 from helpers.results.patch_result import PatchResult
 
 __all__ = ["KINDS", "ablation_source", "ablate", "resample_rows", "knockout", "knockout_patterns",
-           "component_patches", "pick_method", "run_sets"]
+           "component_patches", "pick_method", "clean_run", "run_sets"]
 
 KINDS = ("zero", "mean", "resample")
 Key = tuple[str, int | None]
@@ -124,11 +124,13 @@ def _reference_ids(pairs: PromptPairs, reference: Any) -> torch.Tensor:
 
 
 def ablation_source(model: Any, pairs: PromptPairs, components: Sequence[str] | Sequence[Patch],
-                    kind: str = "zero", reference: Any = None, seed: int = 0
-                    ) -> dict[Key, torch.Tensor]:
+                    kind: str = "zero", reference: Any = None, seed: int = 0,
+                    clean: BaseCache | None = None) -> dict[Key, torch.Tensor]:
     """The ablated values of ``components`` for every prompt: ``{(site, layer): [n, seq, width]}``
     (row i for prompt i; ``head`` sites the whole output projection input, every head), ready
-    for ``run_with_patches(model, pairs.clean_ids, source, patch_sets, source_rows)``."""
+    for ``run_with_patches(model, pairs.clean_ids, source, patch_sets, source_rows)``.
+    ``clean``: the clean run's cache (``clean_run``), whose heads' activations stand in for a
+    forward pass when the values come from the clean prompts themselves."""
     mh = handle(model)
     check_kind(kind)
     check_pairs(mh, pairs)
@@ -154,10 +156,12 @@ def ablation_source(model: Any, pairs: PromptPairs, components: Sequence[str] | 
                     raise ValueError(f"resample: every reference prompt equals prompt {i}; give "
                                      "other prompts to resample from")
                 rows[i] = ok[torch.randint(len(ok), (1,), generator=g)]
+    if clean is not None and (reference is None or kind == "zero") and all(s == "head" for s, _ in keys):
+        cache = {k: clean.z[:, k[1]] for k in keys}  # [n, seq, n_heads * d_head], the same run
+    else:  # (zero: for the shapes and dtypes only)
+        cache, _ = cache_activations(mh, pairs.clean_ids[:1] if kind == "zero" else ref, keys)
     if kind == "zero":
-        cache, _ = cache_activations(mh, pairs.clean_ids[:1], keys)  # shapes and dtypes only
         return {k: torch.zeros(n, *v.shape[1:], dtype=v.dtype) for k, v in cache.items()}
-    cache, _ = cache_activations(mh, ref, keys)
     if kind == "mean":
         return {k: v.mean(0, keepdim=True).expand(n, *v.shape[1:]).contiguous()
                 for k, v in cache.items()}
@@ -175,6 +179,20 @@ def _result(mh: ModelHandle, pairs: PromptPairs, values: dict[str, torch.Tensor]
                        patches=patches)
 
 
+def clean_run(model: Any, pairs: PromptPairs, method: str, keep: dict | None = None
+              ) -> tuple[BaseCache | None, torch.Tensor]:
+    """The clean run for ``method`` (``pick_method``'s): its cache (``"fast"``; None for
+    ``"batched"``) and last-position logits ``[n, vocab]``, computed once per ``keep`` (a dict
+    the caller keeps across calls on the same ``pairs``)."""
+    mh = handle(model)
+    keep = {} if keep is None else keep
+    if method not in keep:
+        base = cache_runs(mh, pairs.clean_ids)[0] if method == "fast" else None
+        keep[method] = base, base.logits if base else cache_activations(mh, pairs.clean_ids, [])[1]
+        check_finite(keep[method][1], "the logits of the clean run")
+    return keep[method]
+
+
 def run_sets(model: Any, pairs: PromptPairs, source: dict[Key, torch.Tensor],
              sets: list[list[Patch]], batch_size: int | None, method: Method = "fast",
              metrics: Sequence[str] = METRICS, knock: list[dict] | None = None,
@@ -183,17 +201,12 @@ def run_sets(model: Any, pairs: PromptPairs, source: dict[Key, torch.Tensor],
     outputs replaced from ``source`` (``ablation_source``), or (``knock``, one ``_edge_masks``
     per set, ``sets`` empty) with each set's attention edges knocked out; the clean run's
     last-position logits ``[n, vocab]``; the method that ran (``pick_method``).  Only the
-    answer and distractor logits are computed for ``metrics=("logit_diff",)``.  ``keep``: a
-    dict the caller keeps across calls on the same ``pairs``, where the clean run is kept."""
+    answer and distractor logits are computed for ``metrics=("logit_diff",)``.  ``keep``: as
+    for ``clean_run``."""
     mh = handle(model)
     n, k = len(pairs), len(knock) if knock is not None else len(sets)
     method = pick_method(mh, method, pairs.seq_len)
-    keep = {} if keep is None else keep
-    if method not in keep:  # the clean run: its cache (fast) and last-position logits [n, vocab]
-        base = cache_runs(mh, pairs.clean_ids)[0] if method == "fast" else None
-        keep[method] = base, base.logits if base else cache_activations(mh, pairs.clean_ids, [])[1]
-        check_finite(keep[method][1], "the logits of the clean run")
-    base, clean_logits = keep[method]
+    base, clean_logits = clean_run(mh, pairs, method, keep)
     if base is not None:
         heads, mlps = set_masks(mh, sets if knock is None else [[] for _ in range(k)])
         edges = None if knock is None else knock_stack(knock)
@@ -245,8 +258,11 @@ def ablate(model: Any, pairs: PromptPairs, components: Sequence[str] | Sequence[
         [list(s) for s in components]
     patch_sets = [component_patches(mh, s, pairs.seq_len) for s in sets]
     every = {p for s in patch_sets for p in s}
-    source = ablation_source(mh, pairs, list(every), kind, reference, seed)
-    values, clean_logits, method = run_sets(mh, pairs, source, patch_sets, batch_size, method)
+    method, keep = pick_method(mh, method, pairs.seq_len), {}
+    source = ablation_source(mh, pairs, list(every), kind, reference, seed,
+                             clean_run(mh, pairs, method, keep)[0])
+    values, clean_logits, method = run_sets(mh, pairs, source, patch_sets, batch_size, method,
+                                            keep=keep)
     labels = [" + ".join(s) or "(none)" for s in sets]
     result = _result(mh, pairs, values, labels, "ablation", patch_sets, clean_logits, method)
     result.ablation = kind
