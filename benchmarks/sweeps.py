@@ -65,7 +65,9 @@ one packed forward of all the rows would cost: the clean run and the mean's refe
 for each ablated set and prompt the blocks from the first ablated head's (its output projection
 and MLP only there) at every position, the last block at the final position only, priced as
 above.  The fast path can go below it: rows share the blocks their sets agree on
-(``helpers.engine.fastablate``).
+(``helpers.engine.fastablate``).  These rows print "wall / CPU": besides the wall time, each run's
+CPU time (``time.process_time``, one thread), which leaves out the time the process waits for a
+core on a loaded machine; the ratios are given for both (the floor's price is measured both ways).
 
 Peak memory: every fast/batched/attribution row is re-run once in its own child process,
 whose maximum resident set (the model loaded included) is reported.
@@ -407,15 +409,17 @@ def timing_child(model_dir: str, repeats: int, sweeps: str, full_loops: bool, pa
     first, seq, n_pairs = pairs.first_difference, pairs.seq_len, len(pairs)
     batch = pairs.corrupted_ids.repeat(16, 1)
     out = {"sweeps": {}, "seq": seq, "first_difference": first, "pairs": n_pairs}
-    floor_block = []  # seconds per token-block of a plain batched forward
+    floor_block, floor_cpu = [], []  # seconds per token-block of a plain batched forward
     for _ in range(repeats):
         with torch.no_grad():
             hf(batch, use_cache=False, logits_to_keep=1)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             hf(batch, use_cache=False, logits_to_keep=1)
             floor_block.append((time.perf_counter() - t) / (batch.numel() * f.n_layers))
+            floor_cpu.append((time.process_time() - c) / (batch.numel() * f.n_layers))
     per_block = statistics.median(floor_block)
     out["seconds_per_token_block"] = per_block
+    out["cpu_seconds_per_token_block"] = statistics.median(floor_cpu)
     if "evaluate" in sweeps.split(","):  # warm-up, and the kept sets the hooks loop runs
         ev_setup = eval_setup(H, model, model_dir, eval_pairs)
         ev_result = project_evaluate(H, model, ev_setup, "fast")[1]
@@ -424,6 +428,7 @@ def timing_child(model_dir: str, repeats: int, sweeps: str, full_loops: bool, pa
         out["evaluate"] = {"circuit": ev_setup[1], "pairs": eval_pairs, "seq": ev_setup[0].seq_len,
                            "sets": len(ev_sets), "universe": len(ev_setup[2])}
     times: dict = {}
+    cpu_times: dict = {}
     values: dict = {}
     timed_paths: dict = {}  # path sweep -> (paths the hooks loop ran, all paths)
     for rep in range(repeats):
@@ -441,7 +446,7 @@ def timing_child(model_dir: str, repeats: int, sweeps: str, full_loops: bool, pa
                     continue  # the nnsight loop only where the issue tracks it
                 if method == "batched" and sweep not in ("resid", "heads", "evaluate") + PATH_SWEEPS:
                     continue
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 with torch.no_grad() if method == "hooks" else _nullcontext():
                     if sweep == "evaluate":
                         got = (hooks_eval_values(hooks_evaluate(ref, hf, ev_setup, ev_sets), ev_result)
@@ -451,12 +456,14 @@ def timing_child(model_dir: str, repeats: int, sweeps: str, full_loops: bool, pa
                     else:
                         got = (hooks_loop(ref, hf, pairs, sweep) if method == "hooks"
                                else project_sweep(H, model, pairs, sweep, method, metrics))
-                seconds = time.perf_counter() - start
+                seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
                 if method == "hooks" and sweep in PATH_SWEEPS:  # timed on a subset: scaled
                     total = f.n_heads * (f.n_layers if sweep == "path_logits" else f.n_layers - 1)
                     seconds *= total / len(got)
+                    cpu *= total / len(got)
                     timed_paths.setdefault(sweep, (len(got), total))
                 times.setdefault(sweep, {}).setdefault(label, []).append(seconds)
+                cpu_times.setdefault(sweep, {}).setdefault(label, []).append(cpu)
                 values.setdefault(sweep, {})[label] = got.float()
             print(f"repeat {rep + 1}/{repeats}: {sweep} done", file=sys.stderr, flush=True)
     for sweep in times:
@@ -465,14 +472,18 @@ def timing_child(model_dir: str, repeats: int, sweeps: str, full_loops: bool, pa
         if sweep == "evaluate":
             patches = len(ev_sets)
             floor = eval_floor_units(f, hf.config, ev_setup, ev_sets, ev_setup[0].seq_len) * per_block
+        floor_cpu_s = floor / per_block * out["cpu_seconds_per_token_block"]
         rows = {}
         unit = values[sweep].get(HOOKS)
         for label, ts in times[sweep].items():  # (a path loop's unit: its first paths only)
             diff = None if unit is None else float((values[sweep][label][:len(unit)] - unit).abs().max())
-            rows[label] = {"seconds": statistics.median(ts), "runs": ts, "max_diff_vs_hooks": diff}
+            cpu = cpu_times[sweep][label]
+            rows[label] = {"seconds": statistics.median(ts), "runs": ts, "max_diff_vs_hooks": diff,
+                           "cpu_seconds": statistics.median(cpu), "cpu_runs": cpu}
             if label == HOOKS and sweep in timed_paths:
                 rows[label]["timed_paths"] = timed_paths[sweep][0]
-        out["sweeps"][sweep] = {"patches": patches, "floor_seconds": floor, "methods": rows}
+        out["sweeps"][sweep] = {"patches": patches, "floor_seconds": floor, "floor_cpu_seconds": floor_cpu_s,
+                                "methods": rows}
     # the hooks loop's time per forward, for the sweeps whose loop is not measured
     per_forward = [out["sweeps"][s]["methods"][HOOKS]["seconds"] / out["sweeps"][s]["patches"]
                    for s in out["sweeps"] if HOOKS in out["sweeps"][s]["methods"]
@@ -627,16 +638,20 @@ EVAL_LABELS = {HOOKS: EVAL_HOOKS,
 
 
 def _print_evaluate(report: dict, res: dict, loop: float) -> None:
-    """The evaluate_circuit rows of the table."""
+    """The evaluate_circuit rows of the table: wall / CPU time and ratios."""
     ev = report["evaluate"]
-    what = f"{NAMES['evaluate']} ({res['patches']} ablated sets x {ev['pairs']} prompts)"
+    what = f"{NAMES['evaluate']} ({res['patches']} ablated sets x {ev['pairs']} prompts), wall / CPU"
+    loop_cpu = res["methods"][HOOKS]["cpu_seconds"]
+    floor, floor_cpu = res["floor_seconds"], res["floor_cpu_seconds"]
     for label, r in res["methods"].items():
         diff = "-" if r["max_diff_vs_hooks"] is None else f"{r['max_diff_vs_hooks']:.1e}"
         peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else "-"
-        print(f"| {what} | {EVAL_LABELS.get(label, label)} | {r['seconds']:.2f} | {loop / r['seconds']:.1f}x | "
-              f"{r['seconds'] / res['floor_seconds']:.2f} | {peak} | {diff} |")
-    print(f"| {what} | the floor: one packed forward of all rows (see docstring) | {res['floor_seconds']:.2f} | "
-          f"{loop / res['floor_seconds']:.1f}x | 1.00 | - | - |")
+        wall, cpu = r["seconds"], r["cpu_seconds"]
+        print(f"| {what} | {EVAL_LABELS.get(label, label)} | {wall:.2f} / {cpu:.2f} | "
+              f"{loop / wall:.1f}x / {loop_cpu / cpu:.1f}x | {wall / floor:.2f} / {cpu / floor_cpu:.2f} | "
+              f"{peak} | {diff} |")
+    print(f"| {what} | the floor: one packed forward of all rows (see docstring) | {floor:.2f} / "
+          f"{floor_cpu:.2f} | {loop / floor:.1f}x / {loop_cpu / floor_cpu:.1f}x | 1.00 | - | - |")
 
 
 def machine() -> str:

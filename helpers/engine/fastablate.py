@@ -18,8 +18,10 @@ out in L) for the attention, and by (attention, components replaced in L) for th
 projection, the MLP and the stream after the block.  A complement ablation (everything outside
 a circuit, from block 0 on) thus runs block 0 once per pair and branches where its sets
 differ.  A replaced head or MLP changes nothing before its block's attention output, so a
-group formed by replacements starts from its parent's (or the cached) attention output; a
-group whose every head is replaced computes no attention, and a replaced MLP is not run.  In
+group formed by replacements starts from its parent's (or the cached) attention output; an
+attention group computes only the heads some of its rows keep (their columns of the q/k/v
+projections: a complement ablation keeps few), none if every head is replaced, and a replaced
+MLP is not run.  In
 the last block only the final position's query, output projection and MLP run; with
 ``columns`` only those logits are computed; a row that changes nothing is its pair's cached
 logits.  Positions before ``first`` are unchanged in every row: their keys and values are the
