@@ -130,6 +130,12 @@ def run_masked(model: Any, base: BaseCache, values: dict[Key, torch.Tensor], hea
     knock = {layer: m.to(dev) for layer, m in (knock or {}).items()}
     if pattern_layer is not None and first:
         raise ValueError("an attention pattern needs every position: first=0")
+    # the last block whose attention each set computes (-1: none): later, only the last position
+    computes = ~heads.all(2)
+    for layer, m in knock.items():
+        computes[:, layer] |= m.flatten(1).any(1)
+    reach = torch.where(computes.any(1), n_layers - 1 - computes.flip(1).int().argmax(1), -1)
+    reach = reach if pattern_layer is None else reach.clamp(min=pattern_layer)
     positions = torch.arange(first, seq, device=dev)
     causal = torch.ones(len(positions), seq, dtype=torch.bool, device=dev).tril(diagonal=first)
     node = torch.full((len(sets),), -1, dtype=torch.long, device=dev)  # -1: the cached run
@@ -154,8 +160,10 @@ def run_masked(model: Any, base: BaseCache, values: dict[Key, torch.Tensor], hea
                 return got[att]
             slot = torch.full((len(att_row) + 1,), -1, dtype=torch.long, device=dev)  # [-1]: none
             slot[:-1][needed] = torch.arange(int(needed.sum()), device=dev)
+            wide = torch.zeros(len(out_row), dtype=torch.bool, device=dev)  # attention later
+            wide[out[(out >= 0) & (reach[sets] > layer)]] = True
             stream = _after(blocks, base, values, stream, node, pairs, sets, heads, mlps, layer,
-                            out_row, slot[att[out_row]], z_att, first, last)
+                            out_row, slot[att[out_row]], z_att, first, last, wide)
             node = out
         live = (node >= 0).nonzero()[:, 0]
         logits = base.logits[pairs] if columns is None else base.logits[pairs].gather(1, columns.to(dev))
@@ -277,27 +285,50 @@ def _qkv_heads(blocks: Blocks, layer: int, x: torch.Tensor, positions: torch.Ten
 def _after(blocks: Blocks, base: BaseCache, values: dict, stream: torch.Tensor | None,
            node: torch.Tensor, pairs: torch.Tensor, sets: torch.Tensor, heads: torch.Tensor,
            mlps: torch.Tensor, layer: int, rows: torch.Tensor, slot: torch.Tensor,
-           z_att: torch.Tensor | None, first: int, last: bool) -> torch.Tensor | None:
+           z_att: torch.Tensor | None, first: int, last: bool, wide: torch.Tensor) -> torch.Tensor | None:
     """The streams after block ``layer`` ``[groups, w, d_model]`` of the groups represented by
     ``rows``, whose attention output is ``z_att[slot]`` (the cached one where ``slot`` is -1)
-    with their replacements applied; w = 1 in the last block."""
+    with their replacements applied; w = 1 in the last block.  Groups not ``wide`` (``[groups]``
+    bool: no later block computes attention for them) get only their last position."""
     if not len(rows):
         return None
-    f, dev = blocks.f, base.resid.device
-    p, s = pairs[rows], sets[rows]
-    pos = slice(base.resid.shape[2] - 1, None) if last else slice(first, None)
+    p, s, seq = pairs[rows], sets[rows], base.resid.shape[2]
     x = _stream(base, stream, node[rows], p, layer, first)
-    x = x[:, -1:] if last else x
+    tail = slice(seq - 1, None)
+    if last:
+        return _rest(blocks, base, values, heads, mlps, layer, x[:, -1:], z_att, slot, p, s, tail)
+    if wide.all():
+        return _rest(blocks, base, values, heads, mlps, layer, x, z_att, slot, p, s, slice(first, None))
+    narrow = ~wide  # their other positions are left as they were: nothing reads them again
+    x[narrow, -1:] = _rest(blocks, base, values, heads, mlps, layer, x[narrow][:, -1:],
+                           None if z_att is None else z_att[:, -1:], slot[narrow], p[narrow],
+                           s[narrow], tail)
+    if wide.any():
+        x[wide] = _rest(blocks, base, values, heads, mlps, layer, x[wide], z_att, slot[wide], p[wide],
+                        s[wide], slice(first, None))
+    return x
+
+
+def _rest(blocks: Blocks, base: BaseCache, values: dict, heads: torch.Tensor, mlps: torch.Tensor,
+          layer: int, x: torch.Tensor, z_att: torch.Tensor | None, slot: torch.Tensor,
+          p: torch.Tensor, s: torch.Tensor, pos: slice) -> torch.Tensor:
+    """Block ``layer`` from its attention output on: the streams ``x`` ``[g, w, d_model]``
+    before it at positions ``pos`` of pairs ``p`` with sets ``s`` ``[g]``, their attention
+    output ``z_att[slot]`` ``[g, w, n_heads * d_head]`` (the cached one where ``slot`` is -1)
+    with the sets' heads and MLP replaced: the streams after the block ``[g, w, d_model]``."""
+    f, dev = blocks.f, x.device
     z = base.z[p, layer, pos]
     mine = slot >= 0
     if mine.any():
         z[mine] = z_att[slot[mine]].to(z.dtype)
     replaced = heads[s, layer]
     if replaced.any():
-        value = _value(values, ("head", layer), f"head(s) of block {layer}")
+        value = _value(values, ("head", layer), f"head(s) of block {layer}").to(dev, z.dtype)
         cols = replaced.repeat_interleave(f.d_head, 1)[:, None]  # [groups, 1, n_heads * d_head]
-        z = torch.where(cols, value.to(dev, z.dtype)[p, pos], z)
-    h = x + blocks.o_proj(layer, z)
+        z = torch.where(cols, value[p, pos], z)
+        h = x + _o_proj(blocks, layer, z, value[:, pos], p, replaced)
+    else:
+        h = x + blocks.o_proj(layer, z)
     ablated = mlps[s, layer]
     out = torch.empty_like(h)
     if ablated.any():
@@ -306,6 +337,31 @@ def _after(blocks: Blocks, base: BaseCache, values: dict, stream: torch.Tensor |
     if not ablated.all():
         out[~ablated] = blocks.mlp(layer, h[~ablated])
     return h + out
+
+
+def _o_proj(blocks: Blocks, layer: int, z: torch.Tensor, value: torch.Tensor, pair: torch.Tensor,
+            replaced: torch.Tensor) -> torch.Tensor:
+    """The output projection of ``z`` ``[g, w, n_heads * d_head]``, whose ``replaced`` heads
+    (``[g, n_heads]`` bool) hold ``value[pair]`` (``value`` ``[n, w, n_heads * d_head]``): for
+    groups that replace most heads, the projection of the pair's values (one per pair) plus
+    that of the kept heads' difference from them (only those heads' rows of the weight)."""
+    f = blocks.f
+    few = replaced.sum(1) > f.n_heads // 2
+    if not few.any():
+        return blocks.o_proj(layer, z)
+    out = torch.empty(*z.shape[:2], f.d_model, dtype=z.dtype, device=z.device)
+    if not few.all():
+        out[~few] = blocks.o_proj(layer, z[~few])
+    pairs, which = pair[few].unique(return_inverse=True)
+    total = blocks.o_proj(layer, value[pairs])[which]  # [groups, w, d_model]
+    kept = (~replaced[few]).any(0).nonzero()[:, 0]
+    if len(kept):
+        cols = (kept[:, None] * f.d_head + torch.arange(f.d_head, device=z.device)).flatten()
+        module = f.o_proj(blocks.hf, layer)
+        weight = module.weight[:, cols].T if isinstance(module, torch.nn.Linear) else module.weight[cols]
+        total = total + (z[few][..., cols] - value[pair[few]][..., cols]) @ weight
+    out[few] = total
+    return out
 
 
 def _value(values: dict, key: Key, what: str) -> torch.Tensor:
