@@ -1,6 +1,6 @@
 """Whole components replaced, and attention edges knocked out, on the fast path (GPT-2 and
 Llama-style models, ``helpers.engine.fastpatch.supports_fast_path``): ablations, circuit
-evaluation and circuit search.
+evaluation (``helpers.methods.ablations``, ``helpers.circuits.evaluation``).
 
 A *set* replaces heads (their ``d_head`` columns of the output projection's input) and MLP
 outputs at every position from ``first`` on, with given values ``values[(site, layer)]``
@@ -18,14 +18,18 @@ out in L) for the attention, and by (attention, components replaced in L) for th
 projection, the MLP and the stream after the block.  A complement ablation (everything outside
 a circuit, from block 0 on) thus runs block 0 once per pair and branches where its sets
 differ.  A replaced head or MLP changes nothing before its block's attention output, so a
-group formed by replacements starts from its parent's (or the cached) attention output; an
-attention group computes only the heads some of its rows keep (their columns of the q/k/v
-projections: a complement ablation keeps few), none if every head is replaced, and a replaced
-MLP is not run.  In
-the last block only the final position's query, output projection and MLP run; with
-``columns`` only those logits are computed; a row that changes nothing is its pair's cached
-logits.  Positions before ``first`` are unchanged in every row: their keys and values are the
-cached ones.
+group formed by replacements starts from its parent's (or the cached) attention output.
+
+**Work skipped within a block.**  An attention group computes only the heads some of its rows
+keep (their columns of the q/k/v projections; a complement ablation keeps few), none if every
+head is replaced.  Where most heads are replaced, the output projection is that of the pair's
+replacement values (computed once per pair) plus that of the kept heads' difference from them.
+A replaced MLP is not run.  A group for which no later block computes attention (every head
+replaced from there on, no edge knocked out) needs its stream at the final position only, and
+computes only that.  In the last block only the final position's query, output projection
+and MLP run; with ``columns`` only those logits are computed; a row that changes nothing is
+its pair's cached logits.  Positions before ``first`` are unchanged in every row: their keys
+and values are the cached ones.
 
 The groups of one block run as one batch ``[groups, seq - first, d_model]``; the blocks'
 arithmetic is ``helpers.engine.fastpatch.Blocks``.  ``tests/test_ablations.py``,
