@@ -52,6 +52,25 @@ patched in.  It is timed on the first ``--path-loop-paths`` (12) paths and scale
 number (``--full-loops``: all), as the output says.  Their floor: the two cached runs, plus for
 the query one token-block per path (the last block at END).
 
+**Circuit evaluation** (``helpers.evaluate_circuit``, Wang et al.'s faithfulness, per-member
+minimality, the greedy completeness search with ``max_steps=1`` and the size curve, as chapter
+10 runs it): mean ablation over the prompts themselves, every head the universe, a circuit of
+``EVAL_CIRCUITS`` (GPT-2: Wang et al.'s 15 IOI heads; SmolLM2: the 13 heads chapter 10 finds on the
+real SmolLM2-135M), ``--eval-pairs`` (16) IOI prompt pairs of template 0 as in chapter 10; batched
+and fast (default).  Its unit is a plain-hooks loop of the same ablated forward passes: the
+clean prompts' mean of every head's slice of the output projection's input recorded once
+by a forward pre-hook, then for each distinct kept set the evaluation ran, one forward of all
+the prompts with one pre-hook per block writing the mean into the ablated heads' columns at
+every position (every position's logits, as a plain forward).  "max diff" compares the metric
+values both report: M(U), M({}), M(C), M(C - v) and the completeness path's.  Its floor is what
+one packed forward of all the rows would cost: the clean run and the mean's reference run, then
+for each ablated set and prompt the blocks from the first ablated head's (its output projection
+and MLP only there) at every position, the last block at the final position only, priced as
+above.  The fast path can go below it: rows share the blocks their sets agree on
+(``helpers.engine.fastablate``).  These rows print "wall / CPU": besides the wall time, each run's
+CPU time (``time.process_time``, one thread), which leaves out the time the process waits for a
+core on a loaded machine; the ratios are given for both (the floor's price is measured both ways).
+
 Peak memory: every fast/batched/attribution row is re-run once in its own child process,
 whose maximum resident set (the model loaded included) is reported.
 
@@ -114,12 +133,21 @@ METHODS = [  # (label, method, metrics); the first is the unit
     ("attribution patching (estimate, all maps)", "attribution", None),
 ]
 PATH_SWEEPS = ("path_logits", "path_q")
-SWEEPS = ("resid", "heads", "head_pos", "attn", "mlp") + PATH_SWEEPS
+SWEEPS = ("resid", "heads", "head_pos", "attn", "mlp") + PATH_SWEEPS + ("evaluate",)
+EVAL_CIRCUITS = {  # the circuit the evaluate_circuit rows keep (every other head mean-ablated)
+    "gpt2": ["L9H9", "L9H6", "L10H0", "L10H7", "L11H10", "L7H3", "L7H9", "L8H6", "L8H10", "L5H5",
+             "L6H9", "L0H1", "L3H0", "L2H2", "L4H11"],
+    "smollm2": ["L23H0", "L23H1", "L23H7", "L24H4", "L20H0", "L19H2", "L17H4", "L16H0", "L23H3",
+                "L29H1", "L29H0", "L23H2", "L24H5"],
+    "quick": ["L1H0", "L2H1", "L3H2", "L3H3"],
+}
+EVAL_HOOKS = "hooks loop (plain PyTorch hooks, one forward of all prompts per ablated set)"
 NAMES = {"resid": "residual layer x position", "heads": "all heads (layer x head)",
          "head_pos": "head x position", "attn": "attention output layer x position",
          "mlp": "MLP output layer x position", "path_logits": "path patching: every head -> logits",
-         "path_q": "path patching: every earlier head -> last block's H0 query at END"}
-SLOW = {"loop": ("resid", "heads"), "hooks": ("resid", "heads")}  # loops measured by default
+         "path_q": "path patching: every earlier head -> last block's H0 query at END",
+         "evaluate": "evaluate_circuit, mean ablation"}
+SLOW = {"loop": ("resid", "heads"), "hooks": ("resid", "heads", "evaluate")}  # loops measured by default
 MEMORY_METHODS = ("batched", "fast", "attribution")
 METRICS_ALL = ("logit_diff", "answer_prob", "kl_to_clean")
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATCHLAB_PROGRESS": "0",
@@ -139,6 +167,13 @@ def reference_hooks():
 
 
 # --------------------------------------------------------------------------- the runs
+
+def _which(model_dir: str) -> str:
+    """The shapes a model directory has: "quick" (the bundled model), "smollm2" or "gpt2"."""
+    if model_dir == "ioi-tiny":
+        return "quick"
+    return "smollm2" if "smollm2" in Path(model_dir).name else "gpt2"
+
 
 def _setup(model_dir: str, dtype: str = "float32"):
     import torch
@@ -261,7 +296,124 @@ def floor_units(f, cfg, sweep: str, first: int, seq: int) -> float:
     return sum(enter(L + 1, p) for L in range(n) for p in positions)  # mlp
 
 
-def timing_child(model_dir: str, repeats: int, sweeps: str, full_loops: bool, path_paths: int) -> dict:
+def eval_setup(H, model, model_dir: str, n_pairs: int):
+    """(pairs, circuit, universe) of the evaluate_circuit rows."""
+    pairs = H.ioi_pairs(model.tokenizer, n=n_pairs, corruption="s2_swap", seed=0, template=0)
+    f = H.model_facts(model)
+    universe = [H.fmt.head_name(L, h) for L in range(f.n_layers) for h in range(f.n_heads)]
+    return pairs, EVAL_CIRCUITS[_which(model_dir)], universe
+
+
+def project_evaluate(H, model, setup, method: str):
+    """The evaluation's metric values (M(U), M({}), M(C), M(C - v) for each member v, the
+    completeness path's two per step) and the distinct kept sets it evaluated."""
+    import torch
+
+    pairs, circuit, universe = setup
+    e = H.evaluate_circuit(model, pairs, circuit, "mean", universe=universe, max_steps=1, method=method,
+                         min_gap=0.0)  # random weights: a tiny gap, compared raw
+    assert e.method == method, (e.method, method)
+    values = [e.full, e.empty, e.circuit_metric] + [e.circuit_metric - e.minimality_drop[v] for v in circuit]
+    for step in e.completeness["path"]:
+        values += [step["circuit_without_K"], step["model_without_K"]]
+    return torch.tensor(values, dtype=torch.float64), e
+
+
+def kept_sets(e) -> list[frozenset]:
+    """Every distinct kept set ``evaluate_circuit`` evaluated, rebuilt from its result (the
+    order of ``helpers.circuits.evaluation``: U, {}, C, C - v, the greedy completeness trials,
+    the curve's prefixes)."""
+    U, C = frozenset(e.universe), frozenset(e.circuit)
+    sets = [U, frozenset(), C] + [C - {v} for v in e.circuit]
+    K: frozenset = frozenset()
+    for step in e.completeness["path"][1:]:
+        for v in (v for v in e.circuit if v not in K):
+            sets += [C - (K | {v}), U - (K | {v})]
+        K = frozenset(step["K"])
+    sets += [frozenset(p["components"]) for p in e.curve]
+    return list(dict.fromkeys(sets))
+
+
+def hooks_evaluate(ref, hf, setup, sets: list[frozenset]):
+    """The plain-hooks loop (module docstring): the prompt-mean logit difference of each kept
+    set, every head of the universe outside it mean-ablated; returns ``{set: value}``."""
+    import torch
+
+    pairs, _, universe = setup
+    fam = ref.family_of(hf)
+    n_layers, d_head = ref.n_layers_of(hf, fam), ref.d_head_of(hf, fam)
+    o_projs = [ref.module_for(hf, fam, "o_proj", L) for L in range(n_layers)]
+    means, handles = {}, []
+    try:  # the mean of every head's slice, over the clean prompts, position by position
+        for L, mod in enumerate(o_projs):
+            handles.append(mod.register_forward_pre_hook(
+                lambda m, args, L=L: means.__setitem__(L, args[0].mean(0, keepdim=True).clone())))
+        hf(input_ids=pairs.clean_ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = torch.arange(len(pairs))
+    out = {}
+    for kept in sets:
+        cols: dict = {}
+        for name in universe:
+            if name not in kept:
+                L, h = (int(x) for x in name[1:].split("H"))
+                cols.setdefault(L, []).extend(range(h * d_head, (h + 1) * d_head))
+        handles = []
+
+        def write(m, args, L):
+            x = args[0].clone()
+            x[..., cols[L]] = means[L][..., cols[L]].expand(x.shape[0], -1, -1).to(x.dtype)
+            return (x,) + tuple(args[1:])
+        try:
+            for L in cols:
+                handles.append(o_projs[L].register_forward_pre_hook(lambda m, a, L=L: write(m, a, L)))
+            logits = hf(input_ids=pairs.clean_ids, use_cache=False).logits[:, -1]
+        finally:
+            for h in handles:
+                h.remove()
+        out[kept] = float((logits[rows, pairs.answer_ids] - logits[rows, pairs.distractor_ids]).mean())
+    return out
+
+
+def hooks_eval_values(by_set: dict, e):
+    """The hooks loop's values in ``project_evaluate``'s order, for the sets of the
+    evaluation ``e``."""
+    import torch
+
+    U, C = frozenset(e.universe), frozenset(e.circuit)
+    values = [by_set[U], by_set[frozenset()], by_set[C]] + [by_set[C - {v}] for v in e.circuit]
+    for step in e.completeness["path"]:
+        K = frozenset(step["K"])
+        values += [by_set[C - K], by_set[U - K]]
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _mlp_share(f, cfg) -> float:
+    """The MLP's share of a block's multiply-adds."""
+    d = f.d_model
+    d_mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    attn_macs = d * (f.n_heads + 2 * f.n_kv_heads) * f.d_head + f.n_heads * f.d_head * d
+    mlp_macs = (2 if f.family == "gpt2" else 3) * d * d_mlp
+    return mlp_macs / (attn_macs + mlp_macs)
+
+
+def eval_floor_units(f, cfg, setup, sets: list[frozenset], seq: int) -> float:
+    """Token-blocks of the evaluate rows' floor (module docstring), all prompts."""
+    pairs, _, universe = setup
+    n, share = f.n_layers, _mlp_share(f, cfg)
+    units = 2 * len(pairs) * seq * n  # the clean run and the mean's reference run
+    for kept in sets:
+        ablated = [int(c[1:].split("H")[0]) for c in universe if c not in kept]
+        if ablated:  # from the first ablated head's block: its MLP, then whole blocks
+            L0 = min(ablated)
+            units += len(pairs) * (share if L0 == n - 1 else (share + n - 2 - L0) * seq + 1)
+    return units
+
+
+def timing_child(model_dir: str, repeats: int, sweeps: str, full_loops: bool, path_paths: int,
+                 eval_pairs: int = 16) -> dict:
     import torch
 
     H, model, pairs = _setup(model_dir)
@@ -271,59 +423,85 @@ def timing_child(model_dir: str, repeats: int, sweeps: str, full_loops: bool, pa
     first, seq, n_pairs = pairs.first_difference, pairs.seq_len, len(pairs)
     batch = pairs.corrupted_ids.repeat(16, 1)
     out = {"sweeps": {}, "seq": seq, "first_difference": first, "pairs": n_pairs}
-    floor_block = []  # seconds per token-block of a plain batched forward
+    floor_block, floor_cpu = [], []  # seconds per token-block of a plain batched forward
     for _ in range(repeats):
         with torch.no_grad():
             hf(batch, use_cache=False, logits_to_keep=1)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             hf(batch, use_cache=False, logits_to_keep=1)
             floor_block.append((time.perf_counter() - t) / (batch.numel() * f.n_layers))
+            floor_cpu.append((time.process_time() - c) / (batch.numel() * f.n_layers))
     per_block = statistics.median(floor_block)
     out["seconds_per_token_block"] = per_block
+    out["cpu_seconds_per_token_block"] = statistics.median(floor_cpu)
+    if "evaluate" in sweeps.split(","):  # warm-up, and the kept sets the hooks loop runs
+        ev_setup = eval_setup(H, model, model_dir, eval_pairs)
+        ev_result = project_evaluate(H, model, ev_setup, "fast")[1]
+        ev_sets = kept_sets(ev_result)
+        assert len(ev_sets) == ev_result.evaluated_sets, (len(ev_sets), ev_result.evaluated_sets)
+        out["evaluate"] = {"circuit": ev_setup[1], "pairs": eval_pairs, "seq": ev_setup[0].seq_len,
+                           "sets": len(ev_sets), "universe": len(ev_setup[2])}
     times: dict = {}
+    cpu_times: dict = {}
     values: dict = {}
     timed_paths: dict = {}  # path sweep -> (paths the hooks loop ran, all paths)
     for rep in range(repeats):
         for sweep in sweeps.split(","):
             for label, method, metrics in METHODS:
-                if sweep in PATH_SWEEPS:
+                if sweep == "evaluate":
+                    if method not in ("hooks", "batched", "fast") or metrics:
+                        continue
+                elif sweep in PATH_SWEEPS:
                     if method in ("loop", "attribution"):
                         continue
                 elif method in SLOW and sweep not in SLOW[method] and not full_loops:
                     continue
                 if method == "loop" and sweep not in SLOW["loop"]:
                     continue  # the nnsight loop only where the issue tracks it
-                if method == "batched" and sweep not in ("resid", "heads") + PATH_SWEEPS:
+                if method == "batched" and sweep not in ("resid", "heads", "evaluate") + PATH_SWEEPS:
                     continue
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 with torch.no_grad() if method == "hooks" else _nullcontext():
-                    if method == "hooks" and sweep in PATH_SWEEPS:
+                    if sweep == "evaluate":
+                        got = (hooks_eval_values(hooks_evaluate(ref, hf, ev_setup, ev_sets), ev_result)
+                               if method == "hooks" else project_evaluate(H, model, ev_setup, method)[0])
+                    elif method == "hooks" and sweep in PATH_SWEEPS:
                         got = hooks_path_loop(ref, hf, pairs, sweep, None if full_loops else path_paths)
                     else:
                         got = (hooks_loop(ref, hf, pairs, sweep) if method == "hooks"
                                else project_sweep(H, model, pairs, sweep, method, metrics))
-                seconds = time.perf_counter() - start
+                seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
                 if method == "hooks" and sweep in PATH_SWEEPS:  # timed on a subset: scaled
                     total = f.n_heads * (f.n_layers if sweep == "path_logits" else f.n_layers - 1)
                     seconds *= total / len(got)
+                    cpu *= total / len(got)
                     timed_paths.setdefault(sweep, (len(got), total))
                 times.setdefault(sweep, {}).setdefault(label, []).append(seconds)
+                cpu_times.setdefault(sweep, {}).setdefault(label, []).append(cpu)
                 values.setdefault(sweep, {})[label] = got.float()
             print(f"repeat {rep + 1}/{repeats}: {sweep} done", file=sys.stderr, flush=True)
     for sweep in times:
         patches = max(int(v.numel()) for v in values[sweep].values())
         floor = (2 * n_pairs * seq * f.n_layers + n_pairs * floor_units(f, hf.config, sweep, first, seq)) * per_block
+        if sweep == "evaluate":
+            patches = len(ev_sets)
+            floor = eval_floor_units(f, hf.config, ev_setup, ev_sets, ev_setup[0].seq_len) * per_block
+        floor_cpu_s = floor / per_block * out["cpu_seconds_per_token_block"]
         rows = {}
         unit = values[sweep].get(HOOKS)
         for label, ts in times[sweep].items():  # (a path loop's unit: its first paths only)
             diff = None if unit is None else float((values[sweep][label][:len(unit)] - unit).abs().max())
-            rows[label] = {"seconds": statistics.median(ts), "runs": ts, "max_diff_vs_hooks": diff}
+            cpu = cpu_times[sweep][label]
+            rows[label] = {"seconds": statistics.median(ts), "runs": ts, "max_diff_vs_hooks": diff,
+                           "cpu_seconds": statistics.median(cpu), "cpu_runs": cpu}
             if label == HOOKS and sweep in timed_paths:
                 rows[label]["timed_paths"] = timed_paths[sweep][0]
-        out["sweeps"][sweep] = {"patches": patches, "floor_seconds": floor, "methods": rows}
+        out["sweeps"][sweep] = {"patches": patches, "floor_seconds": floor, "floor_cpu_seconds": floor_cpu_s,
+                                "methods": rows}
     # the hooks loop's time per forward, for the sweeps whose loop is not measured
     per_forward = [out["sweeps"][s]["methods"][HOOKS]["seconds"] / out["sweeps"][s]["patches"]
-                   for s in out["sweeps"] if HOOKS in out["sweeps"][s]["methods"] and s not in PATH_SWEEPS]
+                   for s in out["sweeps"] if HOOKS in out["sweeps"][s]["methods"]
+                   and s not in PATH_SWEEPS + ("evaluate",)]
     out["hooks_seconds_per_patch"] = statistics.median(per_forward) if per_forward else None
     return out
 
@@ -336,11 +514,15 @@ class _nullcontext:
         return False
 
 
-def memory_child(model_dir: str, sweep: str, method: str, metrics: str) -> dict:
+def memory_child(model_dir: str, sweep: str, method: str, metrics: str, eval_pairs: str = "16") -> dict:
     H, model, pairs = _setup(model_dir)
+    setup = eval_setup(H, model, model_dir, int(eval_pairs)) if sweep == "evaluate" else None
     loaded = _rss_mb()
     start = time.perf_counter()
-    project_sweep(H, model, pairs, sweep, method, metrics.split(",") if metrics else None)
+    if setup:
+        project_evaluate(H, model, setup, method)
+    else:
+        project_sweep(H, model, pairs, sweep, method, metrics.split(",") if metrics else None)
     return {"seconds": time.perf_counter() - start, "peak_mb": _rss_mb(), "loaded_mb": loaded}
 
 
@@ -539,6 +721,28 @@ def run_child(*args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+EVAL_LABELS = {HOOKS: EVAL_HOOKS,
+               "batched nnsight (many patches per forward)": "batched nnsight (many ablated sets per forward)",
+               "fast exact, default (all metrics)": "fast (rows share the blocks their sets agree on), default"}
+
+
+def _print_evaluate(report: dict, res: dict, loop: float) -> None:
+    """The evaluate_circuit rows of the table: wall / CPU time and ratios."""
+    ev = report["evaluate"]
+    what = f"{NAMES['evaluate']} ({res['patches']} ablated sets x {ev['pairs']} prompts), wall / CPU"
+    loop_cpu = res["methods"][HOOKS]["cpu_seconds"]
+    floor, floor_cpu = res["floor_seconds"], res["floor_cpu_seconds"]
+    for label, r in res["methods"].items():
+        diff = "-" if r["max_diff_vs_hooks"] is None else f"{r['max_diff_vs_hooks']:.1e}"
+        peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else "-"
+        wall, cpu = r["seconds"], r["cpu_seconds"]
+        print(f"| {what} | {EVAL_LABELS.get(label, label)} | {wall:.2f} / {cpu:.2f} | "
+              f"{loop / wall:.1f}x / {loop_cpu / cpu:.1f}x | {wall / floor:.2f} / {cpu / floor_cpu:.2f} | "
+              f"{peak} | {diff} |")
+    print(f"| {what} | the floor: one packed forward of all rows (see docstring) | {floor:.2f} / "
+          f"{floor_cpu:.2f} | {loop / floor:.1f}x / {loop_cpu / floor_cpu:.1f}x | 1.00 | - | - |")
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -565,6 +769,8 @@ def main() -> int:
                     help="measure the hooks loop for every sweep (else per-forward time x patches)")
     ap.add_argument("--path-loop-paths", type=int, default=12,
                     help="paths the path-patching hooks loop is timed on (then scaled by their number)")
+    ap.add_argument("--eval-pairs", type=int, default=16,
+                    help="IOI prompt pairs of the evaluate_circuit rows (chapter 10 uses 16)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory child runs")
     ap.add_argument("--profile", action="store_true", help="print where the fast path's time goes, by op")
     ap.add_argument("--tl-python", metavar="PATH", help="a Python with transformer_lens: adds its row")
@@ -577,7 +783,8 @@ def main() -> int:
     if args.child:
         kind, *rest = args.child
         if kind == "timing":
-            print(json.dumps(timing_child(rest[0], int(rest[1]), rest[2], rest[3] == "1", int(rest[4]))))
+            print(json.dumps(timing_child(rest[0], int(rest[1]), rest[2], rest[3] == "1", int(rest[4]),
+                                          int(rest[5]))))
         elif kind == "edges":
             print(json.dumps(edges_child(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))))
         elif kind == "memory":
@@ -612,13 +819,14 @@ def main() -> int:
         report = {"machine": machine(), "model": model_label, "repeats": args.repeats,
                   "prompt": QUICK_PROMPT if args.quick else PROMPT}
         timing = run_child("timing", model_dir, str(args.repeats), args.sweeps, "1" if args.full_loops else "0",
-                           str(args.path_loop_paths))
+                           str(args.path_loop_paths), str(args.eval_pairs))
         report.update(timing)
         if not args.no_memory:
             for sweep, res in timing["sweeps"].items():
                 for label, method, metrics in METHODS:
                     if method in MEMORY_METHODS and label in res["methods"]:
-                        mem = run_child("memory", model_dir, sweep, method, ",".join(metrics or ()))
+                        mem = run_child("memory", model_dir, sweep, method, ",".join(metrics or ()),
+                                        str(args.eval_pairs))
                         res["methods"][label].update(peak_mb=mem["peak_mb"], loaded_mb=mem["loaded_mb"])
         if args.tl_python:
             report["transformer_lens"] = tl_child(args.tl_python, model_dir, args.repeats)
@@ -632,6 +840,9 @@ def main() -> int:
     for sweep, res in report["sweeps"].items():
         methods = res["methods"]
         loop = methods.get(HOOKS, {}).get("seconds")
+        if sweep == "evaluate":
+            _print_evaluate(report, res, loop)
+            continue
         if loop is None:
             loop = per_patch * res["patches"]
             print(f"| {NAMES[sweep]} ({res['patches']} patches) | {HOOKS}, estimated: "
@@ -648,6 +859,11 @@ def main() -> int:
                   f"{loop / r['seconds']:.1f}x | {r['seconds'] / res['floor_seconds']:.2f} | {peak} | {diff} |")
         print(f"| {NAMES[sweep]} ({res['patches']} patches) | the floor (see docstring) | "
               f"{res['floor_seconds']:.2f} | {loop / res['floor_seconds']:.1f}x | 1.00 | - | - |")
+    if "evaluate" in report["sweeps"]:
+        ev = report["evaluate"]
+        print(f"\nevaluate_circuit rows: {ev['pairs']} IOI pairs of {ev['seq']} tokens (template 0), "
+              f"circuit {', '.join(ev['circuit'])} kept, the other {ev['universe'] - len(ev['circuit'])} "
+              f"heads mean-ablated; {ev['sets']} distinct ablated sets.")
     tl = report.get("transformer_lens")
     if tl:
         s, n = tl["seconds"], tl["patches"]

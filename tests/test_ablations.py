@@ -4,7 +4,8 @@ The references below use only ``register_forward_hook`` / ``register_forward_pre
 transformers modules (heads: their columns of the output projection's input) and, for the
 knockout, a replacement of the eager attention function that sets the knocked-out scores to
 -inf before the softmax (helpers instead zeroes the probabilities and renormalises: the same
-thing, so the two must agree).  float64, tolerance 1e-10.
+thing, so the two must agree).  float64, tolerance 1e-10.  Every comparison runs for both
+methods: ``"fast"`` (``helpers.engine.fastablate``) and ``"batched"`` (traced forwards).
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from helpers.methods import ablations as A
 
 TOL = 1e-10
 PATHS = {"gpt2": ("transformer.h", "attn.c_proj", "mlp"),
-         "llama": ("model.layers", "self_attn.o_proj", "mlp")}
+         "llama": ("model.layers", "self_attn.o_proj", "mlp"),
+         "qwen3": ("model.layers", "self_attn.o_proj", "mlp")}
+METHODS = ("fast", "batched")
 
 
 def _get(root, path):
@@ -128,7 +131,22 @@ def llama_case(tmp_path_factory):
     return "llama", model, plain, pairs, abc, ["L0H1", "L1H2", "L1H3", "mlp1"]
 
 
-@pytest.fixture(params=["gpt2_case", "llama_case"])
+@pytest.fixture(scope="module")
+def qwen3_case(tmp_path_factory):
+    """Qwen3: per-head q/k norms, n_heads * d_head (64) wider than d_model (32), grouped-query."""
+    from tiny_models import save_random_model
+    from transformers import AutoModelForCausalLM
+
+    path = save_random_model(tmp_path_factory.mktemp("qwen3") / "qwen3", "qwen3", seed=4)
+    model = H.load_model(path, dtype="float64")
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64,
+                                                 attn_implementation="eager").eval()
+    pairs = H.ioi_pairs(model.tokenizer, n=3, seed=6)
+    abc = H.ioi_pairs(model.tokenizer, n=4, seed=3, corruption="abc")
+    return "qwen3", model, plain, pairs, abc, ["L0H2", "L1H0", "L1H3", "mlp0"]
+
+
+@pytest.fixture(params=["gpt2_case", "llama_case", "qwen3_case"])
 def case(request):
     return request.getfixturevalue(request.param)
 
@@ -145,12 +163,15 @@ def _reference_values(kind, family, plain, pairs, abc, comps, seed):
     return {c: v[perm] for c, v in cache.items()}
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", A.KINDS)
-def test_ablation_equals_the_hooks_reference(case, kind):
+def test_ablation_equals_the_hooks_reference(case, kind, method):
     family, model, plain, pairs, abc, comps = case
     reference = abc.corrupted_ids if kind == "mean" else None
     drawn = {"seed": 7} if kind == "resample" else {}  # a seed elsewhere is refused (unused)
-    got = A.ablate(model, pairs, [comps, comps[:1], comps[-1:]], kind, reference=reference, **drawn)
+    got = A.ablate(model, pairs, [comps, comps[:1], comps[-1:]], kind, reference=reference, **drawn,
+                   method=method)
+    assert got.method == method
     assert got.site == "ablation" and got.direction == "noise" and got.values["logit_diff"].shape == (len(pairs), 3)
     values = _reference_values(kind, family, plain, pairs, abc, comps, 7)
     for col, subset in enumerate([comps, comps[:1], comps[-1:]]):
@@ -160,14 +181,47 @@ def test_ablation_equals_the_hooks_reference(case, kind):
     assert (got.values["logit_diff"][:, 0] - got.clean["logit_diff"]).abs().max() > 1e-3
 
 
-def test_the_baselines_make_score_work(gpt2_case):
+@pytest.mark.parametrize("method", METHODS)
+def test_complement_ablation_equals_the_hooks_reference(case, method):
+    """Everything but a few heads mean-ablated (a circuit's complement, with and without an MLP):
+    the fast path computes attention for the kept heads only, key/value heads shared."""
+    family, model, plain, pairs, abc, _ = case
+    f = H.model_facts(model)
+    heads = [f"L{L}H{h}" for L in range(f.n_layers) for h in range(f.n_heads)]
+    keeps = [["L0H1", "L1H0", f"L1H{f.n_heads - 1}"], ["L1H1"], []]
+    sets = [[c for c in heads if c not in keep] for keep in keeps] + [heads[1:] + ["mlp0"]]
+    got = A.ablate(model, pairs, sets, "mean", reference=abc.corrupted_ids, method=method)
+    assert got.method == method
+    means = {c: v.mean(0, keepdim=True)
+             for c, v in hook_cache(plain, family, abc.corrupted_ids, heads + ["mlp0"]).items()}
+    for col, subset in enumerate(sets):
+        want = ld(hook_run(plain, family, pairs.clean_ids, {c: means[c] for c in subset}), pairs)
+        assert (got.values["logit_diff"][:, col] - want).abs().max() < TOL, col
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_baselines_make_score_work(gpt2_case, method):
     _, model, _, pairs, _, comps = gpt2_case
-    r = A.ablate(model, pairs, [comps, []], "zero")
+    r = A.ablate(model, pairs, [comps, []], "zero", method=method)
     base = H.baselines(model, pairs)
     assert (r.clean["logit_diff"] - base["clean"]["logit_diff"]).abs().max() < TOL
     assert (r.corrupted["logit_diff"] - base["corrupted"]["logit_diff"]).abs().max() < TOL
     assert abs(r.score()[1].item() - 1) < 1e-12  # ablating nothing keeps the clean run
     assert r.importance()[0].item() > 0.01
+
+
+def test_a_remote_model_ablates_batched_with_the_same_values(gpt2_case):
+    """``remote="local"`` (nnsight's dry run of the NDIF protocol) runs the batched method;
+    the local model runs the fast one; the values agree."""
+    _, model, _, pairs, abc, comps = gpt2_case
+    dry = H.load_model("ioi-tiny", dtype="float64", remote="local")
+    sets = [comps, comps[1:3]]
+    local = A.ablate(model, pairs, sets, "mean", reference=abc.corrupted_ids)
+    remote = A.ablate(dry, pairs, sets, "mean", reference=abc.corrupted_ids)
+    assert local.method == "fast" and remote.method == "batched"
+    assert (local.values["logit_diff"] - remote.values["logit_diff"]).abs().max() < TOL
+    with pytest.raises(ValueError, match="method='loop' is not a valid choice.*'fast', 'batched'"):
+        A.ablate(model, pairs, sets, "mean", method="loop")
 
 
 def test_resample_rows_is_a_seeded_derangement():
@@ -192,10 +246,11 @@ def test_resample_from_a_reference_set_never_picks_the_prompt_itself(gpt2_case):
         assert (diff > 1e-6).all()
 
 
-def test_mean_over_the_prompt_itself_changes_nothing(gpt2_case):
+@pytest.mark.parametrize("method", METHODS)
+def test_mean_over_the_prompt_itself_changes_nothing(gpt2_case, method):
     _, model, _, pairs, _, comps = gpt2_case
     one = pairs[:1]
-    r = A.ablate(model, one, comps, "mean", reference=one)
+    r = A.ablate(model, one, comps, "mean", reference=one, method=method)
     assert (r.values["logit_diff"][:, 0] - r.clean["logit_diff"]).abs().max() < TOL
     assert r.values["kl_to_clean"].abs().max() < TOL
 
@@ -251,12 +306,14 @@ def _edges_by_layer(edges, pairs):
     return out
 
 
-def test_knockout_equals_the_hooks_reference(gpt2_case, gpt2_knockout_reference):
+@pytest.mark.parametrize("method", METHODS)
+def test_knockout_equals_the_hooks_reference(gpt2_case, gpt2_knockout_reference, method):
     _, model, plain, pairs, _, _ = gpt2_case
     sets = [[("L1H2", "END", "S2"), ("L1H2", "END", "IO"), ("L0H1", "S2", "IO")],
-            [("L1H0", "END", 3)], [("L0H3", -1, "S1"), ("L1H1", "END", "S2")]]
-    got = A.knockout(model, pairs, sets)
-    assert got.site == "knockout" and got.values["logit_diff"].shape == (len(pairs), 3)
+            [("L1H0", "END", 3)], [("L0H3", -1, "S1"), ("L1H1", "END", "S2")], []]
+    got = A.knockout(model, pairs, sets, method=method)
+    assert got.method == method
+    assert got.site == "knockout" and got.values["logit_diff"].shape == (len(pairs), 4)
     gpt2_knockout_reference["install"]()
     for col, edges in enumerate(sets):
         gpt2_knockout_reference["edges"] = _edges_by_layer(edges, pairs)
@@ -280,11 +337,12 @@ def test_an_edge_to_a_later_key_is_refused_as_impossible_under_causal_attention(
             call()
 
 
-def test_knocking_out_all_keys_but_one_puts_all_weight_on_it(gpt2_case):
+@pytest.mark.parametrize("method", METHODS)
+def test_knocking_out_all_keys_but_one_puts_all_weight_on_it(gpt2_case, method):
     _, model, _, pairs, _, _ = gpt2_case
     end, io = pairs.positions["END"], pairs.positions["IO"]
     edges = [("L1H2", "END", k) for k in range(end + 1) if k != io]
-    edited = A.knockout_patterns(model, pairs, edges, 1)
+    edited = A.knockout_patterns(model, pairs, edges, 1, method=method)
     row = edited[:, 2, end]
     assert (row[:, io] - 1).abs().max() < 1e-12 and row.sum(-1).sub(1).abs().max() < 1e-12
     plain = H.attention_patterns(model, pairs.clean_ids, 1)
@@ -294,11 +352,29 @@ def test_knocking_out_all_keys_but_one_puts_all_weight_on_it(gpt2_case):
     assert (plain - edited)[keep].abs().max() < 1e-12  # nothing else changed
     # renormalisation: the surviving weights keep their ratios
     edges2 = [("L1H2", "END", "S2")]
-    e2 = A.knockout_patterns(model, pairs, edges2, 1)[:, 2, end]
+    e2 = A.knockout_patterns(model, pairs, edges2, 1, method=method)[:, 2, end]
     p = plain[:, 2, end]
     want = p.clone()
     want[:, pairs.positions["S2"]] = 0
     assert (e2 - want / want.sum(-1, keepdim=True)).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_knockout_patterns_carry_earlier_layers_knockouts_equal_the_reference(
+        gpt2_case, gpt2_knockout_reference, method):
+    """Block 1's weights with edges knocked out in blocks 0 and 1 (block 0's change its input)."""
+    _, model, plain, pairs, _, _ = gpt2_case
+    edges = [("L0H1", "END", "S2"), ("L0H3", "S2", "IO"), ("L1H2", "END", "IO")]
+    got = A.knockout_patterns(model, pairs, edges, 1, method=method)
+    gpt2_knockout_reference["install"]()
+    gpt2_knockout_reference["edges"] = _edges_by_layer(edges, pairs)
+    with torch.no_grad():
+        want = plain(input_ids=pairs.clean_ids, use_cache=False, output_attentions=True).attentions[1]
+    assert gpt2_knockout_reference["calls"] > 0 and got.shape == want.shape
+    assert (got - want).abs().max() < TOL
+    assert want[:, 2, pairs.positions["END"], pairs.positions["IO"]].abs().max() == 0
+    unknocked = H.attention_patterns(model, pairs.clean_ids, 1)
+    assert (unknocked[:, 0] - got[:, 0]).abs().max() > 1e-6  # block 0's knockouts reach block 1
 
 
 def test_bad_knockouts_say_how_to_fix_them(gpt2_case):
@@ -314,7 +390,8 @@ def test_bad_knockouts_say_how_to_fix_them(gpt2_case):
         A.knockout(model, pairs, [("L1H2", "END")])
 
 
-def test_knockout_on_grouped_query_attention_equals_the_reference(llama_case, monkeypatch):
+@pytest.mark.parametrize("method", METHODS)
+def test_knockout_on_grouped_query_attention_equals_the_reference(llama_case, monkeypatch, method):
     """Llama (2 query heads per key/value head).  Its eager attention takes the softmax in
     float32 even in a float64 model, so renormalising the rounded probabilities (helpers) and
     a -inf score (the reference) agree to float32 precision only: tolerance 1e-5 here."""
@@ -322,7 +399,8 @@ def test_knockout_on_grouped_query_attention_equals_the_reference(llama_case, mo
 
     _, model, plain, pairs, _, _ = llama_case
     edges = [("L0H1", "END", "S2"), ("L1H2", "END", "IO"), ("L1H3", "S2", 0)]
-    got = A.knockout(model, pairs, edges)
+    got = A.knockout(model, pairs, edges, method=method)
+    assert got.method == method
     calls = []
 
     def eager(module, query, key, value, attention_mask, scaling, dropout=0.0, **kw):

@@ -1,6 +1,7 @@
 """Circuit evaluation (helpers.circuits.evaluation): identities, and the definitions recomputed
 independently (plain hooks for faithfulness and minimality; ``ablate`` for the completeness
-search).  Bundled IOI model in float64."""
+search).  Bundled IOI model in float64; every evaluation runs for both methods, ``"fast"``
+(``helpers.engine.fastablate``) and ``"batched"`` (traced forwards)."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ from helpers.circuits.search import all_components
 
 TOL = 1e-10
 CIRCUIT = ["L0H1", "L1H2", "mlp0"]
+METHODS = ("fast", "batched")
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +34,13 @@ def setup(bundled64):
     return bundled64, plain, pairs, abc
 
 
-@pytest.fixture(scope="module")
-def mean_eval(setup):
+@pytest.fixture(scope="module", params=METHODS)
+def mean_eval(setup, request):
     model, _, pairs, abc = setup
-    return F.evaluate_circuit(model, pairs, CIRCUIT, "mean", reference=abc.corrupted_ids,
-                              max_steps=2)
+    e = F.evaluate_circuit(model, pairs, CIRCUIT, "mean", reference=abc.corrupted_ids,
+                           max_steps=2, method=request.param)
+    assert e.method == request.param
+    return e
 
 
 def _hooks_metric(plain, pairs, abc, kept, universe):
@@ -74,7 +78,7 @@ def test_completeness_greedy_step_and_gaps_match_direct_ablations(setup, mean_ev
     # rest of the universe); U - {v} ablates only v
     sets = [[c for c in universe if c not in CIRCUIT or c == v] for v in CIRCUIT] + \
            [[v] for v in CIRCUIT] + [[]]
-    r = A.ablate(model, pairs, sets, "mean", reference=abc.corrupted_ids)
+    r = A.ablate(model, pairs, sets, "mean", reference=abc.corrupted_ids, method="batched")
     m = r.values["logit_diff"].mean(0).tolist()
     scale = abs(mean_eval.full - mean_eval.empty)
     gaps = [abs(m[i] - m[len(CIRCUIT) + i]) / scale for i in range(len(CIRCUIT))]
@@ -98,29 +102,35 @@ def test_curve_adds_members_by_importance(mean_eval):
     assert all(curve[k]["components"] == order[:k] for k in range(len(curve)))
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", A.KINDS)
-def test_full_set_is_exactly_one_and_empty_exactly_zero(setup, kind):
+def test_full_set_is_exactly_one_and_empty_exactly_zero(setup, kind, method):
     model, _, pairs, abc = setup
     universe = ["L0H1", "L1H2", "L1H3", "mlp0", "mlp1"]
     ref = abc.corrupted_ids if kind == "mean" else None
     full = F.evaluate_circuit(model, pairs, universe, kind, universe=universe, reference=ref,
-                              max_steps=1)
-    empty = F.evaluate_circuit(model, pairs, [], kind, universe=universe, reference=ref)
+                              max_steps=1, method=method)
+    empty = F.evaluate_circuit(model, pairs, [], kind, universe=universe, reference=ref,
+                               method=method)
     assert full.faithfulness == 1.0 and empty.faithfulness == 0.0
     assert full.completeness["path"][0]["gap"] == 0.0  # C = U: the circuit is the model
     assert abs(full.full - full.empty) > 1e-3  # the universe's ablation matters at all
     assert empty.curve == [{"size": 0, "added": None, "components": [], "faithfulness": 0.0}]
 
 
-def test_compare_ablations_table(setup):
+@pytest.mark.parametrize("method", METHODS)
+def test_compare_ablations_table(setup, method):
     model, _, pairs, abc = setup
     universe = ["L0H1", "L1H2", "L1H3", "mlp0", "mlp1"]
     table = F.compare_ablations(model, pairs, ["L1H2", "mlp0"], universe=universe,
-                                reference=abc.corrupted_ids, max_steps=1, faithful_at=0.5)
-    assert list(table.index) == list(A.KINDS)
+                                reference=abc.corrupted_ids, max_steps=1, faithful_at=0.5,
+                                method=method)
+    assert list(table.index) == list(A.KINDS) and table.attrs["method"] == method
+    other = "batched" if method == "fast" else "fast"
     for kind in A.KINDS:
         e = F.evaluate_circuit(model, pairs, ["L1H2", "mlp0"], kind, universe=universe,
-                               reference=abc.corrupted_ids if kind == "mean" else None, max_steps=1)
+                               reference=abc.corrupted_ids if kind == "mean" else None, max_steps=1,
+                               method=other)
         row = table.loc[kind]
         assert abs(row["faithfulness"] - e.faithfulness) < TOL
         assert row["verdict"].startswith("faithful" if e.faithfulness >= 0.5 else "not faithful")

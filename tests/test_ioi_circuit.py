@@ -238,9 +238,12 @@ def test_dla_with_mean_ablated_heads_adds_up_to_the_ablated_runs_logit_differenc
     for name in ablated:  # an ablated head's DLA is that of its mean output
         layer, head = (int(s) for s in name[1:].split("H"))
         assert (dla[:, layer, head] - ref["heads"][:, layer, head]).abs().max() < TOL
-    if run == "clean":  # the same ablation as helpers.ablate's mean ablation
-        got = H.ablate(model, pairs, [ablated], "mean").values["logit_diff"][:, 0]
-        assert (got - ref["logit_diff"]).abs().max() < (TOL if family == "gpt2" else 1e-5)
+    if run == "clean":  # the same ablation as helpers.ablate's mean ablation, both methods
+        for method in ("fast", "batched"):
+            got = H.ablate(model, pairs, [ablated], "mean", method=method)
+            assert got.method == method
+            diff = (got.values["logit_diff"][:, 0] - ref["logit_diff"]).abs().max()
+            assert diff < (TOL if family == "gpt2" else 1e-5), method
 
 
 def test_dla_refuses_an_unknown_run(gpt2_case):

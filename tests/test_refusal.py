@@ -146,17 +146,20 @@ def test_joint_patch_of_a_set_matches_the_hook_reference(refusal):
         assert abs(got.values["logit_diff"][i, 0].item() - want) < 1e-5
 
 
-def test_minimal_circuit_restores_the_threshold_and_every_member_is_needed(refusal):
+@pytest.mark.parametrize("method", ["fast", "batched"])
+def test_minimal_circuit_restores_the_threshold_and_every_member_is_needed(refusal, method):
     pairs = binary_pairs(refusal.tokenizer, REFUSAL, n=16, seed=0)
-    circuit = minimal_circuit(refusal, pairs, threshold=0.8)
-    assert circuit.reached and circuit.members
-    # recomputed here, independently of the search's own bookkeeping
-    joint = H.patch_components(refusal, pairs, [component_patch(c) for c in circuit.members])
+    circuit = minimal_circuit(refusal, pairs, threshold=0.8, method=method)
+    assert circuit.reached and circuit.members and circuit.method == method
+    # recomputed here, independently of the search's own bookkeeping, by the other method
+    other = "batched" if method == "fast" else "fast"
+    joint = H.patch_components(refusal, pairs, [component_patch(c) for c in circuit.members],
+                               method=other)
     assert joint.score()[0] >= 0.8
     assert abs(joint.score()[0].item() - circuit.score) < 1e-5
     for member in circuit.members:
         rest = [component_patch(c) for c in circuit.members if c != member]
-        score = H.patch_components(refusal, pairs, [rest]).score()[0] if rest else 0.0
+        score = H.patch_components(refusal, pairs, [rest], method=other).score()[0] if rest else 0.0
         assert score < 0.8, (member, float(score))
     assert "flowchart" in circuit.mermaid()
 

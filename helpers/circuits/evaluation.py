@@ -26,6 +26,12 @@ difference, as Wang et al.) of the clean prompts with every component of U **out
 
 ``compare_ablations`` evaluates one circuit under several ablation kinds: one table row each,
 with the verdict (faithful / complete / minimal at the given thresholds).
+
+``method="fast"`` (default; GPT-2 and Llama-style models) runs the ablated sets on
+``helpers.engine.fastablate``: the sets of one prompt share the blocks they agree on (a
+complement ablation runs block 0 once per prompt, then branches where its sets differ);
+``"batched"`` runs whole traced forwards.  Remote models and other families run batched.  The
+result's ``method`` records which ran.
 """
 from __future__ import annotations
 
@@ -38,8 +44,8 @@ import torch
 from helpers.base.validate import as_count, refuse_unused
 from helpers.data.prompts import PromptPairs
 from helpers.engine.runs import all_components, check_pairs
-from helpers.methods.ablations import (KINDS, AblationKind, ablation_source, check_kind,
-                                       component_patches, run_sets)
+from helpers.methods.ablations import (KINDS, AblationKind, Method, ablation_source, check_kind,
+                                       clean_run, component_patches, pick_method, run_sets)
 from helpers.models.loaded import handle
 from helpers.results.metrics import normalised
 
@@ -67,6 +73,7 @@ class CircuitEvaluation:
     completeness: dict[str, Any]   # K, gap (normalised), raw gap, both metrics, path
     curve: list[dict[str, Any]]    # size, added, faithfulness
     evaluated_sets: int = 0        # distinct ablated sets run
+    method: str = "batched"        # what ran them: "fast" or "batched"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN becomes None)."""
@@ -85,11 +92,14 @@ class _Evaluator:
     """M(S) for kept sets S, each distinct set run once (batched), cached."""
 
     def __init__(self, model: Any, pairs: PromptPairs, universe: list[str], kind: str,
-                 reference: Any, seed: int, metric: str, batch_size: int | None) -> None:
+                 reference: Any, seed: int, metric: str, batch_size: int | None,
+                 method: str) -> None:
         self.model, self.pairs, self.universe, self.metric = model, pairs, universe, metric
-        self.batch_size = batch_size
+        self.batch_size, self.method = batch_size, method
         self.patch = dict(zip(universe, component_patches(model, universe, pairs.seq_len)))
-        self.source = ablation_source(model, pairs, list(self.patch.values()), kind, reference, seed)
+        self.keep: dict = {}  # the clean run, computed once
+        self.source = ablation_source(model, pairs, list(self.patch.values()), kind, reference, seed,
+                                      clean_run(model, pairs, method, self.keep)[0])
         self.known: dict[frozenset, float] = {}
 
     def __call__(self, kept_sets: Sequence[Sequence[str]]) -> list[float]:
@@ -97,7 +107,9 @@ class _Evaluator:
         todo = list(dict.fromkeys(k for k in keys if k not in self.known))
         if todo:
             sets = [[self.patch[c] for c in self.universe if c not in k] for k in todo]
-            values, _ = run_sets(self.model, self.pairs, self.source, sets, self.batch_size)
+            values, _, self.method = run_sets(self.model, self.pairs, self.source, sets,
+                                              self.batch_size, self.method, (self.metric,),
+                                              keep=self.keep)
             for k, v in zip(todo, values[self.metric].mean(0).tolist()):
                 self.known[k] = v
         return [self.known[k] for k in keys]
@@ -110,12 +122,13 @@ def _norm(value: float, full: float, empty: float, metric: str, min_gap: float |
 def evaluate_circuit(model: Any, pairs: PromptPairs, circuit: str | Sequence[str],
                      ablation: AblationKind = "mean", *, universe: str | Sequence[str] | None = None,
                      reference: Any = None, seed: int = 0, metric: CircuitMetric = "logit_diff", max_steps: int = 3, min_gap: float | None = None,
-                     batch_size: int | None = None) -> CircuitEvaluation:
+                     batch_size: int | None = None, method: Method = "fast") -> CircuitEvaluation:
     """Faithfulness, minimality, completeness and the size-vs-faithfulness curve of ``circuit``
     with everything else in ``universe`` (default every head and MLP) ablated by ``ablation``
     (``"mean"``, ``"zero"``, ``"resample"``; ``reference``, ``seed``: ``helpers.methods.ablations``).
     ``max_steps`` caps the greedy completeness search.  ``min_gap``: the smallest
-    ``|M(U) - M({})|`` that may be divided by (``helpers.results.metrics.normalised``)."""
+    ``|M(U) - M({})|`` that may be divided by (``helpers.results.metrics.normalised``).
+    ``method``: ``"fast"`` or ``"batched"`` (module docstring)."""
     mh = handle(model)
 
     check_kind(ablation)
@@ -133,7 +146,8 @@ def evaluate_circuit(model: Any, pairs: PromptPairs, circuit: str | Sequence[str
         raise ValueError(f"circuit component(s) {outside} are not in the universe: write them as "
                          "in helpers.circuits.search.all_components(model) ('L0H3', 'mlp1'), or add them "
                          "to universe=")
-    M = _Evaluator(mh, pairs, universe, ablation, reference, seed, metric, batch_size)
+    M = _Evaluator(mh, pairs, universe, ablation, reference, seed, metric, batch_size,
+                   pick_method(mh, method, pairs.seq_len))
     U, C = set(universe), set(circuit)
     # one batched run: U, {}, C, and C minus each member
     full, empty, m_c, *without = M([U, set(), C] + [C - {v} for v in circuit])
@@ -174,7 +188,7 @@ def evaluate_circuit(model: Any, pairs: PromptPairs, circuit: str | Sequence[str
                              full=full, empty=empty, circuit_metric=m_c, faithfulness=faith,
                              wang_ratio=m_c / full if full != 0 else math.nan,
                              minimality=share, minimality_drop=drops, completeness=completeness,
-                             curve=curve, evaluated_sets=len(M.known))
+                             curve=curve, evaluated_sets=len(M.known), method=M.method)
 
 
 def compare_ablations(model: Any, pairs: PromptPairs, circuit: str | Sequence[str],
@@ -190,7 +204,8 @@ def compare_ablations(model: Any, pairs: PromptPairs, circuit: str | Sequence[st
     prompts), ``resample_reference`` the resample ablation's (default: the prompts themselves,
     each from another one); each is refused when its kind is not among ``ablations``.  The
     thresholds are fractions in [0, 1].  ``kw`` goes to ``evaluate_circuit`` (``universe``,
-    ``metric``, ``max_steps``, ...; ``seed`` to the resample ablation only)."""
+    ``metric``, ``max_steps``, ``method``, ...; ``seed`` to the resample ablation only); the
+    table's ``attrs["method"]`` records what ran."""
     mh = handle(model)
     import pandas as pd
 
@@ -207,11 +222,12 @@ def compare_ablations(model: Any, pairs: PromptPairs, circuit: str | Sequence[st
     seed = kw.pop("seed", 0)
     if "resample" not in ablations:
         refuse_unused("seed", seed, "only the resample ablation draws at random", default=0)
-    rows = []
+    rows, ran = [], set()
     for kind in ablations:
         ref = {"mean": reference, "resample": resample_reference}.get(kind)
         drawn = {"seed": seed} if kind == "resample" else {}
         e = evaluate_circuit(mh, pairs, circuit, kind, reference=ref, **drawn, **kw)
+        ran.add(e.method)
         least = min(e.minimality.values(), default=math.nan)
         verdict = [("faithful" if e.faithfulness >= faithful_at else "not faithful"),
                    ("complete" if e.completeness["gap"] <= complete_within else "incomplete"),
@@ -221,7 +237,9 @@ def compare_ablations(model: Any, pairs: PromptPairs, circuit: str | Sequence[st
                      "wang_ratio": e.wang_ratio, "completeness_gap": e.completeness["gap"],
                      "worst_K": " + ".join(e.completeness["K"]) or "(none)",
                      "least_minimality": least, "verdict": ", ".join(verdict)})
-    return pd.DataFrame(rows).set_index("ablation")
+    table = pd.DataFrame(rows).set_index("ablation")
+    table.attrs["method"] = ", ".join(sorted(ran))
+    return table
 
 
 from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)

@@ -5,13 +5,15 @@ Components are attention heads (``L0H3``) and MLP outputs (``mlp1``), named as i
 normalised score of the jointly patched set, until it reaches the threshold.
 Backward: drop any member whose removal keeps the score at or above the
 threshold.  Both phases are capped in steps.  Every candidate set of a step is
-patched in one batched sweep.
+patched in one sweep (``helpers.sweep``): ``method="fast"`` (default; GPT-2 and Llama-style
+models, local) starts each set's rows at its first patched block from the cached base run,
+``"batched"`` runs whole traced forwards; the result's ``method`` records which ran.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -38,6 +40,7 @@ class CircuitSearch:
     threshold: float
     reached: bool
     history: list[dict] = field(default_factory=list)
+    method: str = "fast"  # what ran the sweeps: "fast" or "batched"
 
     def drops(self) -> dict[str, float]:
         """How much the joint score falls when each member is removed."""
@@ -48,7 +51,7 @@ class CircuitSearch:
         score = self.score if math.isfinite(self.score) else None
         return {"members": self.members, "score": score, "threshold": self.threshold,
                 "reached": self.reached, "without": self.without, "drops": self.drops(),
-                "history": self.history}
+                "history": self.history, "method": self.method}
 
     def by_block(self) -> dict[int, list[str]]:
         """The members grouped by block, blocks in order."""
@@ -101,15 +104,17 @@ def attention_from(model: Any, ids: Any, heads: Sequence[str], query: int) -> An
 
 
 def _scores(mh: ModelHandle, pairs: PromptPairs, sets: list[list[str]], direction: Direction,
-            min_gap: float | None) -> list[float]:
+            min_gap: float | None, ran: list[str], method: str) -> list[float]:
     result = patch_components(mh, pairs, [[component_patch(c) for c in s] for s in sets],
-                              direction, progress=False, metrics=("logit_diff",))
+                              direction, progress=False, metrics=("logit_diff",), method=method)
+    ran.append(result.method)
     return result.score(min_gap=min_gap).tolist()
 
 
 def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
                     candidates: str | Sequence[str] | None = None, direction: Direction = "denoise",
-                    max_steps: int = 30, min_gap: float | None = None) -> CircuitSearch:
+                    max_steps: int = 30, min_gap: float | None = None,
+                    method: Literal["fast", "batched"] = "fast") -> CircuitSearch:
     """Greedy forward selection then backward pruning (see the module docstring).
 
     ``threshold``: the normalised score (of the prompt-mean logit difference) the
@@ -117,10 +122,14 @@ def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
     and MLP).  The returned ``reached`` is False if the cap stopped the search
     first.  Scores are normalised, so a model that barely tells the clean and
     corrupted prompts apart raises ``GapTooSmallError`` (``min_gap`` overrides the
-    limit, see ``helpers.results.metrics.normalised``).
+    limit, see ``helpers.results.metrics.normalised``).  ``method``: ``"fast"`` or ``"batched"``
+    (module docstring).
     """
     mh = handle(model)
     check_pairs(mh, pairs)
+    if method not in ("fast", "batched"):
+        raise ValueError(f"method must be 'fast' or 'batched', got {method!r}")
+    ran: list[str] = []
     if isinstance(candidates, str):
         candidates = [candidates]
     pool = list(candidates or all_components(mh))
@@ -136,7 +145,7 @@ def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
     for _ in range(max_steps):
         if score >= threshold or not pool:
             break
-        trial = _scores(mh, pairs, [members + [c] for c in pool], direction, min_gap)
+        trial = _scores(mh, pairs, [members + [c] for c in pool], direction, min_gap, ran, method)
         best = max(range(len(pool)), key=lambda i: trial[i])
         members.append(pool.pop(best))
         score = trial[best]
@@ -145,7 +154,7 @@ def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
         if len(members) < 2:
             break
         trial = _scores(mh, pairs, [[m for m in members if m != c] for c in members], direction,
-                        min_gap)
+                        min_gap, ran, method)
         removable = [i for i, s in enumerate(trial) if s >= threshold]
         if not removable:
             break
@@ -156,11 +165,12 @@ def minimal_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8,
     without = {}
     if members:
         alone = _scores(mh, pairs, [[m for m in members if m != c] for c in members] + [members],
-                        direction, min_gap)
+                        direction, min_gap, ran, method)
         without = dict(zip(members, alone[:-1]))
         score = alone[-1]
     return CircuitSearch(members=members, score=score, without=without, threshold=threshold,
-                         reached=score >= threshold, history=history)
+                         reached=score >= threshold, history=history,
+                         method=ran[-1] if ran else method)
 
 
 from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)

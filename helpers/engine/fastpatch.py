@@ -20,9 +20,8 @@ with L0 <= L) are a prefix of it.  Every position-wise step (norms, projections,
 one matrix product over that prefix, whatever the rows' widths; only attention goes through
 a padded ``[rows, positions, ...]`` layout (a row's missing early positions are padding whose
 outputs are never read), with the cached keys and values in front.  One unembedding then
-serves every row.  A block is
-recomputed from the model's own submodules, with the causal softmax attention written
-out: GPT-2 (``ln_1``, ``c_attn``, ``c_proj``, ``ln_2``, ``mlp``) and Llama-style models
+serves every row.  A block is recomputed from the model's own submodules, with the causal
+softmax attention written out (``helpers.engine.fastablate`` edits its weights): GPT-2 (``ln_1``, ``c_attn``, ``c_proj``, ``ln_2``, ``mlp``) and Llama-style models
 (RMSNorm, rotary positions, grouped-query attention, optional per-head q/k norms as in
 Qwen3, gated MLP: Llama, SmolLM2, Qwen2, Qwen3, Mistral).  Other families run the batched
 path.  ``tests/`` check every sweep against an independent hook-based reference.  ``run_rows``
@@ -77,10 +76,8 @@ class Blocks:
             attn = f.attn(hf, 0)
             self.rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
             self.rotary = hf.model.rotary_emb
-        self.fused_gelu = False
-        if self.gpt2:  # GPT-2's "gelu_new" is the tanh GELU: one fused kernel instead of five
-            act = f.block(hf, 0).mlp.act
-            self.fused_gelu = type(act).__name__ in ("NewGELUActivation", "GELUTanh")
+        act = f.block(hf, 0).mlp.act if self.gpt2 else None  # GPT-2's "gelu_new" is the tanh GELU:
+        self.fused_gelu = type(act).__name__ in ("NewGELUActivation", "GELUTanh")  # one fused kernel
 
     def block(self, layer: int) -> Any:
         return self.f.block(self.hf, layer)
@@ -117,13 +114,14 @@ class Blocks:
         return q[0], k[0], v
 
     def attend(self, layer: int, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               mask: torch.Tensor) -> torch.Tensor:
+               mask: torch.Tensor, edit: Callable | None = None) -> torch.Tensor:
         """Causal softmax attention of ``q`` ``[rows, n_heads, w, d_head]`` over ``keys`` and
-        ``values`` ``[rows, n_kv_heads, seq, d_head]``: ``[rows, w, n_heads * d_head]``."""
+        ``values`` ``[rows, n_kv_heads, seq, d_head]``: ``[rows, w, n_heads * d_head]``;
+        ``edit(weights)`` may replace the weights ``[rows, n_heads, w, seq]`` before they are used."""
         f = self.f
-        if f.n_kv_heads != f.n_heads:  # grouped-query attention: each kv head serves a group
-            keys = keys.repeat_interleave(f.n_heads // f.n_kv_heads, dim=1)
-            values = values.repeat_interleave(f.n_heads // f.n_kv_heads, dim=1)
+        if keys.shape[1] != q.shape[1]:  # grouped-query attention: each kv head serves a group
+            group = q.shape[1] // keys.shape[1]
+            keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
         scores = q @ keys.transpose(-1, -2)
         cfg = self.hf.config
         if self.gpt2:
@@ -136,6 +134,7 @@ class Blocks:
             scores = scores * self.block(layer).self_attn.scaling
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             probs = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+        probs = probs if edit is None else edit(probs)
         rows, _, w, _ = q.shape
         return (probs @ values).transpose(1, 2).reshape(rows, w, -1)
 

@@ -36,6 +36,13 @@ as ``pairs`` (same template and order); a reference given as raw token ids is on
 its shape (``[n_ref, seq]``): that its positions line up is the caller's responsibility.  A
 ``reference`` with ``kind="zero"`` and a ``seed`` with ``"zero"`` or ``"mean"`` have no effect and
 are refused.
+
+**Methods.**  ``method="fast"`` (the default for GPT-2 and Llama-style models) runs the ablated
+and knocked-out sets on ``helpers.engine.fastablate``: blocks recomputed from the cached clean
+run, rows sharing the blocks their sets agree on, the knockout applied to the recomputed
+attention weights in the same way.  ``"batched"`` runs whole traced forwards (many sets per
+trace); other families and remote models (``load_model(..., remote=True)``) always run it.
+The result's ``method`` records which ran.  Both give the same values up to rounding.
 """
 from __future__ import annotations
 
@@ -43,23 +50,38 @@ from typing import Any, Literal, Sequence, get_args
 
 import torch
 
-from helpers.base.validate import (InputTypeError, Run, check_finite, norm_index, refuse_unused,
-                                   vocab_fingerprint)
+from helpers.base.validate import InputTypeError, Run, check_finite, norm_index, refuse_unused
 from helpers.data.prompts import PromptPairs
+from helpers.engine.fastablate import knock_stack, run_masked, set_masks
+from helpers.engine.fastpatch import BaseCache, cache_runs, supports_fast_path
+from helpers.engine.knockout_runs import edge_masks, knockout_trace
 from helpers.engine.memory import rows_per_chunk, sweep_budget_mb
 from helpers.engine.runs import (Patch, cache_activations, check_pairs, component_patch,
                                  normalise_patch, run_with_patches)
 from helpers.methods.sweeps import baselines
 from helpers.models.loaded import ModelHandle, handle
-from helpers.results.metrics import metrics_of
+from helpers.results.metrics import METRICS, metrics_of
 from helpers.results.patch_result import PatchResult
 
-__all__ = ["KINDS", "AblationKind", "ablation_source", "ablate", "resample_rows", "knockout", "knockout_patterns",
-           "component_patches"]
+__all__ = ["KINDS", "AblationKind", "ablation_source", "ablate", "resample_rows", "knockout",
+           "knockout_patterns", "component_patches", "pick_method", "clean_run", "run_sets"]
 
 AblationKind = Literal["zero", "mean", "resample"]
 KINDS: tuple[str, ...] = get_args(AblationKind)
 Key = tuple[str, int | None]
+Method = Literal["fast", "batched"]
+
+
+def pick_method(model: Any, method: str, seq: int) -> str:
+    """The method that runs: ``method`` (``"fast"`` or ``"batched"``), except that ``"fast"``
+    runs batched on a remote model or a family / configuration the fast path does not cover
+    (``helpers.engine.fastpatch.supports_fast_path``)."""
+    mh = handle(model)
+    if method not in ("fast", "batched"):
+        raise ValueError(f"method must be 'fast' or 'batched', got {method!r}")
+    if method == "fast" and (mh.remote or not supports_fast_path(mh, seq)):
+        return "batched"  # the fast path computes blocks from the weights, here
+    return method
 
 
 def component_patches(model: Any, names: str | Sequence[str], seq: int = 1) -> list[Patch]:
@@ -140,11 +162,13 @@ def _reference_ids(pairs: PromptPairs, reference: Any) -> torch.Tensor:
 
 
 def ablation_source(model: Any, pairs: PromptPairs, components: Sequence[str] | Sequence[Patch],
-                    kind: AblationKind = "zero", reference: Any = None, seed: int = 0
-                    ) -> dict[Key, torch.Tensor]:
+                    kind: AblationKind = "zero", reference: Any = None, seed: int = 0,
+                    clean: BaseCache | None = None) -> dict[Key, torch.Tensor]:
     """The ablated values of ``components`` for every prompt: ``{(site, layer): [n, seq, width]}``
     (row i for prompt i; ``head`` sites the whole output projection input, every head), ready
-    for ``run_with_patches(model, pairs.clean_ids, source, patch_sets, source_rows)``."""
+    for ``run_with_patches(model, pairs.clean_ids, source, patch_sets, source_rows)``.
+    ``clean``: the clean run's cache (``clean_run``), whose heads' activations stand in for a
+    forward pass when the values come from the clean prompts themselves."""
     mh = handle(model)
     check_kind(kind)
     check_used(kind, reference, seed)
@@ -175,10 +199,12 @@ def ablation_source(model: Any, pairs: PromptPairs, components: Sequence[str] | 
                     raise ValueError(f"resample: every reference prompt equals prompt {i}; give "
                                      "other prompts to resample from")
                 rows[i] = ok[torch.randint(len(ok), (1,), generator=g)]
+    if clean is not None and (reference is None or kind == "zero") and all(s == "head" for s, _ in keys):
+        cache = {k: clean.z[:, k[1]] for k in keys}  # [n, seq, n_heads * d_head], the same run
+    else:  # (zero: for the shapes and dtypes only)
+        cache, _ = cache_activations(mh, pairs.clean_ids[:1] if kind == "zero" else ref, keys)
     if kind == "zero":
-        cache, _ = cache_activations(mh, pairs.clean_ids[:1], keys)  # shapes and dtypes only
         return {k: torch.zeros(n, *v.shape[1:], dtype=v.dtype) for k, v in cache.items()}
-    cache, _ = cache_activations(mh, ref, keys)
     if kind == "mean":
         return {k: v.mean(0, keepdim=True).expand(n, *v.shape[1:]).contiguous()
                 for k, v in cache.items()}
@@ -186,44 +212,86 @@ def ablation_source(model: Any, pairs: PromptPairs, components: Sequence[str] | 
 
 
 def _result(mh: ModelHandle, pairs: PromptPairs, values: dict[str, torch.Tensor], labels: list[str],
-            site: str, patches: list[list[Patch]], clean_logits: torch.Tensor) -> PatchResult:
+            site: str, patches: list[list[Patch]], clean_logits: torch.Tensor, method: str) -> PatchResult:
     base = baselines(mh, pairs, clean_logits=clean_logits)
     return PatchResult(site=site, direction="noise", dims=("set",), labels={"set": labels},
                        values={m: v.cpu() for m, v in values.items()},
                        clean={m: v.cpu() for m, v in base["clean"].items()},
                        corrupted={m: v.cpu() for m, v in base["corrupted"].items()},
-                       prompts=pairs, model_name=mh.anatomy.name, method="batched",
+                       prompts=pairs, model_name=mh.anatomy.name, method=method,
                        patches=patches)
 
 
-def run_sets(model: Any, pairs: PromptPairs, source: dict[Key, torch.Tensor],
-              sets: list[list[Patch]], batch_size: int | None) -> tuple[dict, torch.Tensor]:
-    """Every metric ``[n, len(sets)]`` of the clean runs with each set replaced from ``source``."""
+def clean_run(model: Any, pairs: PromptPairs, method: str, keep: dict | None = None
+              ) -> tuple[BaseCache | None, torch.Tensor]:
+    """The clean run for ``method`` (``pick_method``'s): its cache (``"fast"``; None for
+    ``"batched"``) and last-position logits ``[n, vocab]``, computed once per ``keep`` (a dict
+    the caller keeps across calls on the same ``pairs``)."""
     mh = handle(model)
-    n = len(pairs)
-    clean_logits = cache_activations(mh, pairs.clean_ids, [])[1]
-    jobs = [(i, k) for k in range(len(sets)) for i in range(n)]
+    keep = {} if keep is None else keep
+    if method not in keep:
+        base = cache_runs(mh, pairs.clean_ids)[0] if method == "fast" else None
+        keep[method] = base, base.logits if base else cache_activations(mh, pairs.clean_ids, [])[1]
+        check_finite(keep[method][1], "the logits of the clean run")
+    return keep[method]
+
+
+def run_sets(model: Any, pairs: PromptPairs, source: dict[Key, torch.Tensor],
+             sets: list[list[Patch]], batch_size: int | None, method: Method = "fast",
+             metrics: Sequence[str] = METRICS, knock: list[dict] | None = None,
+             keep: dict | None = None) -> tuple[dict, torch.Tensor, str]:
+    """The ``metrics`` ``[n, len(sets)]`` of the clean runs with each set of whole heads / MLP
+    outputs replaced from ``source`` (``ablation_source``), or (``knock``, one ``edge_masks``
+    per set, ``sets`` empty) with each set's attention edges knocked out; the clean run's
+    last-position logits ``[n, vocab]``; the method that ran (``pick_method``).  Only the
+    answer and distractor logits are computed for ``metrics=("logit_diff",)``.  ``keep``: as
+    for ``clean_run``."""
+    mh = handle(model)
+    n, k = len(pairs), len(knock) if knock is not None else len(sets)
+    method = pick_method(mh, method, pairs.seq_len)
+    base, clean_logits = clean_run(mh, pairs, method, keep)
+    if base is not None:
+        heads, mlps = set_masks(mh, sets if knock is None else [[] for _ in range(k)])
+        edges = None if knock is None else knock_stack(knock)
+        # knocking out query q's edges changes nothing before position q
+        first = min([int(m.any(0).any(1).nonzero().min()) for d in knock or () for m in d.values()] or [0])
+    # fast: pair-major, so that a chunk's rows share the blocks their sets agree on
+    jobs = [(i, s) for i in range(n) for s in range(k)] if base else [(i, s) for s in range(k) for i in range(n)]
     size = batch_size or rows_per_chunk(mh.anatomy, pairs.seq_len, sweep_budget_mb(clean_logits.device))
+    two = tuple(metrics) == ("logit_diff",)
+    answers = torch.stack([pairs.answer_ids, pairs.distractor_ids], 1)
     out: dict[str, torch.Tensor] = {}
     for j in range(0, len(jobs), size):
         chunk = jobs[j: j + size]
-        rows = torch.tensor([i for i, _ in chunk])
-        logits = run_with_patches(mh, pairs.clean_ids[rows], source,
-                                  [sets[k] for _, k in chunk], rows)
-        got = metrics_of(logits, pairs, clean_logits, rows.to(logits.device))
+        rows, set_idx = torch.tensor([i for i, _ in chunk]), torch.tensor([s for _, s in chunk])
+        cols = answers[rows] if two else None
+        if base is not None:
+            logits = run_masked(mh, base, source, heads, mlps, set_idx, rows, first, cols, edges)
+        elif knock is not None:
+            layers = sorted({L for s in set_idx.tolist() for L in knock[s]})
+            empty = torch.zeros(mh.anatomy.n_heads, pairs.seq_len, pairs.seq_len, dtype=torch.bool)
+            batch = {L: torch.stack([knock[s].get(L, empty) for s in set_idx.tolist()]) for L in layers}
+            logits = knockout_trace(mh, pairs.clean_ids[rows], batch, columns=cols)[0]
+        else:
+            logits = run_with_patches(mh, pairs.clean_ids[rows], source,
+                                      [sets[s] for s in set_idx.tolist()], rows, columns=cols)
+        got = {"logit_diff": logits[:, 0] - logits[:, 1]} if two else \
+            metrics_of(logits, pairs, clean_logits, rows.to(logits.device))
         for m, v in got.items():
-            out.setdefault(m, torch.empty(n, len(sets), dtype=v.dtype))
-            out[m][rows, torch.tensor([k for _, k in chunk])] = v.cpu()
-    return out, clean_logits
+            check_finite(v, f"the {m} values of the ablated runs")
+            out.setdefault(m, torch.empty(n, k, dtype=v.dtype))
+            out[m][rows, set_idx] = v.cpu()
+    return out, clean_logits, method
 
 
 def ablate(model: Any, pairs: PromptPairs, components: str | Sequence[str] | Sequence[Sequence[str]],
            kind: AblationKind = "zero", reference: Any = None, seed: int = 0,
-           batch_size: int | None = None) -> PatchResult:
+           batch_size: int | None = None, method: Method = "fast") -> PatchResult:
     """Ablate ``components`` jointly (a list of names) or several sets (a list of lists, one
     result column each) in the clean run: ``values[metric]`` ``[n_prompts, n_sets]``,
     ``site="ablation"``, ``direction="noise"``; ``importance()`` is the share of the clean
-    behaviour the ablation destroys.  ``kind``, ``reference``, ``seed``: module docstring."""
+    behaviour the ablation destroys.  ``kind``, ``reference``, ``seed``, ``method``: module
+    docstring."""
     mh = handle(model)
     check_kind(kind)
     check_used(kind, reference, seed)
@@ -234,136 +302,54 @@ def ablate(model: Any, pairs: PromptPairs, components: str | Sequence[str] | Seq
         [list(s) for s in components]
     patch_sets = [component_patches(mh, s, pairs.seq_len) for s in sets]
     every = {p for s in patch_sets for p in s}
-    source = ablation_source(mh, pairs, list(every), kind, reference, seed)
-    values, clean_logits = run_sets(mh, pairs, source, patch_sets, batch_size)
+    method, keep = pick_method(mh, method, pairs.seq_len), {}
+    source = ablation_source(mh, pairs, list(every), kind, reference, seed,
+                             clean_run(mh, pairs, method, keep)[0])
+    values, clean_logits, method = run_sets(mh, pairs, source, patch_sets, batch_size, method,
+                                            keep=keep)
     labels = [" + ".join(s) or "(none)" for s in sets]
-    result = _result(mh, pairs, values, labels, "ablation", patch_sets, clean_logits)
+    result = _result(mh, pairs, values, labels, "ablation", patch_sets, clean_logits, method)
     result.ablation = kind
     return result
 
 
 # --------------------------------------------------------------------------- knockout
 
-def _position(spec: Any, pairs: PromptPairs, what: str) -> int:
-
-    if isinstance(spec, str):
-        if spec not in pairs.positions:
-            raise ValueError(f"{what}: unknown role {spec!r}; these prompts have the roles "
-                             f"{sorted(pairs.positions)}, or give a token index")
-        return pairs.positions[spec]
-    return norm_index(spec, pairs.seq_len, "position", "token positions in these prompts")
-
-
-def _edge_masks(mh: ModelHandle, pairs: PromptPairs, edges: Sequence[tuple[Any, Any, Any]]
-                ) -> dict[int, torch.Tensor]:
-    """``{layer: bool [n_heads, seq, seq]}``: True where an edge is knocked out."""
-
-    f = mh.anatomy
-    seq = pairs.seq_len
-    if isinstance(edges, tuple) and len(edges) == 3 and isinstance(edges[0], str):
-        edges = [edges]
-    masks: dict[int, torch.Tensor] = {}
-    for edge in edges:
-        if not (isinstance(edge, (tuple, list)) and len(edge) == 3):
-            raise ValueError(f"an edge is (head, query, key), e.g. ('L1H2', 'END', 'S2'); got {edge!r}")
-        p = normalise_patch(component_patch(edge[0]), f, seq)
-        if p.site != "head":
-            raise ValueError(f"edge {edge!r}: knockout removes attention edges of a head "
-                             "('L1H2'), not of an MLP")
-        q = _position(edge[1], pairs, f"edge {edge!r} query")
-        k = _position(edge[2], pairs, f"edge {edge!r} key")
-        if k > q:
-            raise ValueError(f"edge {edge!r}: query position {q} cannot attend to the later key "
-                             f"position {k} (causal attention), so knocking it out would change "
-                             "nothing: give a key at or before the query, e.g. (head, 'END', 'S2')")
-        masks.setdefault(p.layer, torch.zeros(f.n_heads, seq, seq, dtype=torch.bool))[p.head, q, k] = True
-    for layer, m in masks.items():
-        full = m.tril().sum(-1) == torch.arange(1, seq + 1)  # every key a query can see
-        if full.any():
-            h, q = full.nonzero()[0].tolist()
-            raise ValueError(f"L{layer}H{h}: every key position 0..{q} of query {q} is knocked "
-                             "out, leaving nothing to attend to; keep at least one key")
-    return dict(sorted(masks.items()))
-
-
-def _knockout_trace(mh: ModelHandle, ids: torch.Tensor, masks: dict[int, torch.Tensor],
-                    pattern_layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One traced forward of ``ids`` with the masks (``[rows or 1, n_heads, seq, seq]``) applied;
-    (last-position logits, the edited pattern of ``pattern_layer`` or None)."""
-    f = mh.anatomy
-    impl = getattr(mh.hf.config, "_attn_implementation", None)
-    if impl != "eager":
-        raise ValueError(f"attention knockout edits the attention weights of the eager "
-                         f"implementation, but this model uses {impl!r}: load it with "
-                         "attn_implementation='eager' (helpers.load_model does)")
-    device = mh.device
-    # envoys resolved before the trace (no helpers calls inside it)
-    steps = [(f.attn(mh.model, layer).source.attention_interface_1, m) for layer, m in masks.items()]
-    want = None if pattern_layer is None else f.attn(mh.model, pattern_layer)
-    unembed = f.unembed(mh.model)
-    pattern = None
-    with torch.no_grad(), mh.model.trace(ids.to(device), logits_to_keep=1, use_cache=False,
-                                      **mh.trace_kwargs):
-        for iface, mask in steps:
-            w = iface.source.nn_functional_dropout_0.output
-            m = mask.to(w.device)
-            kept = w.masked_fill(m, 0)
-            # rows that lose no weight stay bit-identical (their sum need not be exactly 1)
-            lost = w.masked_fill(~m, 0).sum(-1, keepdim=True) > 0
-            total = kept.sum(-1, keepdim=True)
-            iface.source.nn_functional_dropout_0.output = kept / torch.where(lost, total,
-                                                                             torch.ones_like(total))
-        if want is not None:
-            pattern = want.output[1].clone().save()
-        logits = unembed.output[:, -1].clone().save()
-    logits = f.logits(logits)
-    check_finite(logits, "the logits of the knocked-out run (a sliding window hiding every "
-                 "key left to a query?)")
-    return logits, pattern
-
-
 def knockout(model: Any, pairs: PromptPairs, edges: Sequence[Any],
-             batch_size: int | None = None) -> PatchResult:
+             batch_size: int | None = None, method: Method = "fast") -> PatchResult:
     """Knock out attention ``edges`` in the clean run: ``[("L1H2", "END", "S2"), ...]``
     (head, query, key; positions as roles or token indices) jointly, or several edge sets (a
     list of lists: one result column each).  ``values[metric]`` ``[n_prompts, n_sets]``,
-    ``site="knockout"``, ``direction="noise"``, both baselines (``score()`` works)."""
+    ``site="knockout"``, ``direction="noise"``, both baselines (``score()`` works).
+    ``method``: module docstring."""
     mh = handle(model)
     check_pairs(mh, pairs)
     edges = list(edges)
     sets = [edges] if not edges or not isinstance(edges[0], list) else [list(s) for s in edges]
-    masks = [_edge_masks(mh, pairs, s) for s in sets]
-    n, f = len(pairs), mh.anatomy
-    clean_logits = cache_activations(mh, pairs.clean_ids, [])[1]
-    values: dict[str, torch.Tensor] = {}
-    size = batch_size or rows_per_chunk(mh.anatomy, pairs.seq_len, sweep_budget_mb(clean_logits.device))
-    jobs = [(i, k) for k in range(len(sets)) for i in range(n)]
-    empty = torch.zeros(f.n_heads, pairs.seq_len, pairs.seq_len, dtype=torch.bool)
-    for j in range(0, len(jobs), size):
-        chunk = jobs[j: j + size]
-        rows = torch.tensor([i for i, _ in chunk])
-        layers = sorted({L for _, k in chunk for L in masks[k]})
-        batch = {L: torch.stack([masks[k].get(L, empty) for _, k in chunk]) for L in layers}
-        logits, _ = _knockout_trace(mh, pairs.clean_ids[rows], batch)
-        got = metrics_of(logits, pairs, clean_logits, rows.to(logits.device))
-        for m, v in got.items():
-            values.setdefault(m, torch.empty(n, len(sets), dtype=v.dtype))
-            values[m][rows, torch.tensor([k for _, k in chunk])] = v.cpu()
+    masks = [edge_masks(mh, pairs, s) for s in sets]
+    values, clean_logits, method = run_sets(mh, pairs, {}, [], batch_size, method, knock=masks)
     labels = [" + ".join(f"{h}:{q}->{k}" for h, q, k in s) or "(none)" for s in sets]
-    return _result(mh, pairs, values, labels, "knockout", [], clean_logits)
+    return _result(mh, pairs, values, labels, "knockout", [], clean_logits, method)
 
 
 def knockout_patterns(model: Any, pairs: PromptPairs, edges: Sequence[Any], layer: int,
-                      run: Run = "clean") -> torch.Tensor:
+                      run: Run = "clean", method: Method = "fast") -> torch.Tensor:
     """Block ``layer``'s attention weights ``[n, n_heads, seq, seq]`` in the ``run`` prompts
-    with ``edges`` knocked out (what the values are multiplied by)."""
+    with ``edges`` knocked out (what the values are multiplied by).  ``method``: module
+    docstring."""
     mh = handle(model)
-
     check_pairs(mh, pairs)
     layer = norm_index(layer, mh.anatomy.n_layers, "layer", "blocks in this model")
+    if run not in ("clean", "corrupted"):
+        raise ValueError(f"run must be 'clean' or 'corrupted', got {run!r}")
     ids = pairs.clean_ids if run == "clean" else pairs.corrupted_ids
-    masks = {L: m[None] for L, m in _edge_masks(mh, pairs, list(edges)).items()}
-    return _knockout_trace(mh, ids, masks, layer)[1]
+    masks = edge_masks(mh, pairs, list(edges))
+    if pick_method(mh, method, pairs.seq_len) == "fast":
+        n = len(ids)
+        heads, mlps = set_masks(mh, [[]])
+        return run_masked(mh, cache_runs(mh, ids)[0], {}, heads, mlps, torch.zeros(n, dtype=torch.long),
+                          torch.arange(n), knock=knock_stack([masks]), pattern_layer=layer)
+    return knockout_trace(mh, ids, {L: m[None] for L, m in masks.items()}, layer)[1]
 
 
 from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
