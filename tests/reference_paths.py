@@ -24,7 +24,10 @@ every patched run.
 Senders are ``(kind, layer, head, positions)`` with kind ``embed`` / ``head`` / ``attn`` (all
 heads of a block) / ``mlp``; receivers ``(kind, layer, head, positions)`` with kind ``q`` / ``k``
 / ``v`` (``head`` a key/value head for k and v) / ``mlp_in`` / ``logits``.  ``positions`` is a
-list of token indices or None (every position).
+list of token indices or None (every position).  A k/v receiver may carry a fifth element, a
+query head of the key/value head's group: the keys/values *as read by that query head only*
+(grouped-query attention, MIB's ungrouped edge): in the receiver run the group's other query
+heads' outputs are set back to the base run's.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import contextlib
 import reference_hooks as ref
 import torch
 
-__all__ = ["QKV", "qkv_site", "path_patch", "final_norm_io", "frozen_norm_part"]
+__all__ = ["QKV", "qkv_site", "path_patch", "path_patch_joint", "final_norm_io", "frozen_norm_part"]
 
 _SPLIT = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 #: family -> (q/k/v module(s) from a block, layout).  GPT-2's c_attn output is [q | k | v];
@@ -176,7 +179,7 @@ def path_patch(model, family, base_ids, source_ids, sender, receiver, freeze_fin
         if here < _place("mlp", L, parallel) < there:
             freeze.append(("mlp", L, None, None))
     store = []
-    handle = None if r_kind == "logits" else _receiver_hook(model, family, receiver, seq, store=store)
+    handle = None if r_kind == "logits" else _receiver_hook(model, family, receiver[:4], seq, store=store)
     try:
         with ref.patched(model, family, base, freeze) as frozen_calls, \
                 ref.patched(model, family, source, send) as send_calls, \
@@ -191,9 +194,59 @@ def path_patch(model, family, base_ids, source_ids, sender, receiver, freeze_fin
         return logits
     if len(store) != 1:
         raise RuntimeError(f"the receiver hook ran {len(store)} times")
-    handle = _receiver_hook(model, family, receiver, seq, value=store[0])
+    others = []  # a k/v receiver read by one query head: the group's other heads keep base outputs
+    if len(receiver) == 5:
+        group = ref.n_heads_of(model) // model.config.num_key_value_heads
+        others = [("head", r_layer, None, h) for h in range(receiver[2] * group, (receiver[2] + 1) * group)
+                  if h != receiver[4]]
+    handle = _receiver_hook(model, family, receiver[:4], seq, value=store[0])
     try:
-        with _frozen_final_norm(model, family, frozen):
+        with _frozen_final_norm(model, family, frozen), ref.patched(model, family, base, others):
             return model(input_ids=base_ids, use_cache=False).logits[:, -1]
     finally:
         handle.remove()
+
+
+@torch.no_grad()
+def path_patch_joint(model, family, base_ids, source_ids, sender, parts):
+    """Path patching ``sender`` -> a joint receiver: the sender run records every part's input
+    (q/k/v or mlp_in receivers, 4-tuples), then one receiver run replaces all of them."""
+    ref._check_model(model)
+    family = ref._family(model, family)
+    parallel = bool(getattr(model.config, "use_parallel_residual", False))
+    s_kind, s_layer, s_head, s_pos = sender
+    here = _place(s_kind, s_layer, parallel)
+    places = [_place(p[0], p[1], parallel) for p in parts]
+    if not here < min(places):
+        raise ValueError(f"sender {sender} does not come before every part of {parts}")
+    there = max(places)
+    base, source = ref.cache(model, family, base_ids), ref.cache(model, family, source_ids)
+    seq = base_ids.shape[1]
+    positions = [None] if s_pos is None else list(s_pos)
+    if s_kind == "embed":
+        send = [("embed", None, p, None) for p in positions]
+    elif s_kind in ("head", "attn"):
+        heads = [s_head] if s_kind == "head" else range(ref.n_heads_of(model))
+        send = [("head", s_layer, p, h) for h in heads for p in positions]
+    else:
+        send = [("mlp", s_layer, p, None) for p in positions]
+    freeze = []
+    for L in range(ref.n_layers_of(model, family)):
+        if here < _place("head", L, parallel) < there:
+            freeze += [("head", L, None, h) for h in range(ref.n_heads_of(model))]
+        if here < _place("mlp", L, parallel) < there:
+            freeze.append(("mlp", L, None, None))
+    stores = [[] for _ in parts]
+    handles = [_receiver_hook(model, family, p, seq, store=st) for p, st in zip(parts, stores)]
+    try:
+        with ref.patched(model, family, base, freeze), ref.patched(model, family, source, send):
+            model(input_ids=base_ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    handles = [_receiver_hook(model, family, p, seq, value=st[0]) for p, st in zip(parts, stores)]
+    try:
+        return model(input_ids=base_ids, use_cache=False).logits[:, -1]
+    finally:
+        for h in handles:
+            h.remove()
