@@ -36,7 +36,7 @@ import contextlib
 import reference_hooks as ref
 import torch
 
-__all__ = ["QKV", "qkv_site", "path_patch", "path_patch_joint", "final_norm_io", "frozen_norm_part"]
+__all__ = ["QKV", "qkv_site", "path_patch", "path_patch_joint", "path_patch_later_frozen", "final_norm_io", "frozen_norm_part"]
 
 _SPLIT = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 #: family -> (q/k/v module(s) from a block, layout).  GPT-2's c_attn output is [q | k | v];
@@ -250,3 +250,53 @@ def path_patch_joint(model, family, base_ids, source_ids, sender, parts):
     finally:
         for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def path_patch_later_frozen(model, family, base_ids, source_ids, sender, parts):
+    """Path patching ``sender`` -> q/k/v ``parts`` -> logits with everything after the receiving
+    heads frozen: each part's input (recorded in the sender run) is put back alone, the receiving
+    heads' output change at the last position (their columns of the output projection's input)
+    goes through the output projection (bias cancelled) into the base run's final stream, then the
+    final norm and the unembedding, applied by hand to the last position."""
+    parallel = bool(getattr(model.config, "use_parallel_residual", False))
+    base = ref.cache(model, family, base_ids)
+    seq, d = base_ids.shape[1], ref.d_head_of(model, family)
+    n_heads = ref.n_heads_of(model)
+    group = n_heads // getattr(model.config, "num_key_value_heads", n_heads)
+    # the sender run's recorded inputs: the last forward of path_patch(..., logits) is its sender
+    # run (the two before it cache the runs), so the last value the hook stores is the sender run's
+    recorded = []
+    for part in parts:
+        rec = []
+        handle = _receiver_hook(model, family, part[:4], seq, store=rec)
+        try:
+            path = path_patch(model, family, base_ids, source_ids, sender, ("logits", None, None, None))
+        finally:
+            handle.remove()
+        del path
+        recorded.append(rec[-1])
+    x_base, _ = final_norm_io(model, family, base_ids)
+    final = x_base[:, -1].clone()
+    for part, value in zip(parts, recorded):
+        kind, layer, head = part[0], part[1], part[2]
+        heads = [head] if kind == "q" else ([part[4]] if len(part) == 5 else
+                                             list(range(head * group, (head + 1) * group)))
+        out_proj = ref.module_for(model, family, "o_proj", layer)
+        seen = []
+        pre = out_proj.register_forward_pre_hook(lambda m, a, kw: seen.append(ref._linear_input(a, kw).clone()),
+                                                 with_kwargs=True)
+        put = _receiver_hook(model, family, part[:4], seq, value=value)
+        try:
+            model(input_ids=base_ids, use_cache=False)
+        finally:
+            pre.remove()
+            put.remove()
+        z_new, z_base = seen[0][:, -1], base[("head", layer)][:, -1]
+        dz = torch.zeros_like(z_new)
+        for h in heads:
+            dz[:, h * d:(h + 1) * d] = z_new[:, h * d:(h + 1) * d] - z_base[:, h * d:(h + 1) * d]
+        final = final + out_proj(dz) - out_proj(torch.zeros_like(dz))
+    del parallel
+    norm = ref.module_for(model, family, "final_norm")
+    return ref.module_for(model, family, "unembed")(norm(final))

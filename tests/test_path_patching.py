@@ -452,3 +452,33 @@ def test_a_joint_receiver_patches_its_parts_in_one_run_as_the_reference_does(ran
             want = _ld(rp.path_patch_joint(plain, "llama", base, src, _node(s, pairs, 3), parts), pairs)
             worst = max(worst, (got.values["logit_diff"][:, a, b] - want).abs().max().item())
     assert worst < TOL
+
+
+def test_with_later_layers_frozen_only_the_receiving_heads_change_reaches_the_logits(random_models):
+    """``later="frozen"``: sender -> receiver -> logits, every other component after the receiver
+    at its base value; a joint receiver adds its parts' changes.  Against the reference."""
+    from transformers import AutoModelForCausalLM
+
+    model = H.load_model(random_models["llama"], dtype="float64")
+    plain = AutoModelForCausalLM.from_pretrained(random_models["llama"], dtype=torch.float64,
+                                                 attn_implementation="eager").eval()
+    pairs = H.ioi_pairs(model.tokenizer, n=2, seed=3)
+    end, s2 = pairs.positions["END"], pairs.positions["S2"]
+    receivers = {"L1H0.q@END": [("q", 1, 0, [end])], "L2KV1.v@S2": [("v", 2, 1, [s2])],
+                 "L2H3.k": [("k", 2, 1, None, 3)],
+                 "L1H2.q@END+L2KV0.k@S2": [("q", 1, 2, [end]), ("k", 2, 0, [s2])]}
+    senders = ["L0H0", "L0H3@S2", "mlp0"]
+    got = path_patch(model, pairs, senders, list(receivers), later="frozen")
+    assert got.method == "batched" and got.later == "frozen"
+    base, src = _runs(pairs, "denoise")
+    worst = 0.0
+    for a, s in enumerate(senders):
+        for b, parts in enumerate(receivers.values()):
+            want = _ld(rp.path_patch_later_frozen(plain, "llama", base, src, _node(s, pairs, 3), parts), pairs)
+            worst = max(worst, (got.values["logit_diff"][:, a, b] - want).abs().max().item())
+    assert worst < TOL
+    # a receiver in the last block has no later layer but its own MLP: frozen differs from recompute
+    live = path_patch(model, pairs, senders, list(receivers))
+    assert (live.values["logit_diff"] - got.values["logit_diff"]).abs().max() > 1e-9
+    with pytest.raises(ValueError, match="q/k/v receivers"):
+        path_patch(model, pairs, senders, ["mlp1.in"], later="frozen")

@@ -38,6 +38,13 @@ takes senders from earlier blocks, an MLP receiver also its own block's heads (n
 residual).  Positions (indices or roles) restrict either side: ``"L0H3@S2"``, ``"L3H0.q@END"``,
 ``"mlp1@3,4"`` (default: every position); ``"logits"`` takes none.
 
+``later="frozen"`` (q/k/v receivers): in the receiver run only the receiving heads recompute (a
+query: that query head; a shared key/value head: every query head of its group; ``"L3H1.k"``:
+head 1), and their output change at the last position goes straight into the final stream:
+every other head and MLP after them keeps its base value (a joint receiver: each part alone,
+the changes added).  The path is then sender -> receiver -> logits and nothing else; with
+``"recompute"`` (default, Wang et al.) everything after the receiver recomputes.  Batched.
+
 ``final_norm="frozen"`` holds the final norm's scale at the base run's in every patched run:
 ``N(x) = N(x_base) + J(x - x_base)``, ``J(d) = (d - mean d) * w / s_base``, ``s_base`` the base run's
 ``sqrt(variance + eps)`` per position (RMSNorm: no centring, mean square).  Exact identities (tested):
@@ -70,7 +77,7 @@ from helpers.engine.fastpatch import supports_fast_path
 from helpers.engine.fastpaths import path_logits
 from helpers.engine.memory import sweep_budget_mb
 from helpers.engine.runs import cache_activations, check_pairs
-from helpers.methods.path_runs import receiver_run, sender_run
+from helpers.methods.path_runs import frozen_receiver_run, receiver_run, sender_run
 from helpers.models.loaded import handle
 from helpers.results.metrics import METRICS, metrics_of
 from helpers.results.patch_result import PatchResult
@@ -223,6 +230,7 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
                direction: Literal["denoise", "noise"] = "denoise", *,
                sender_positions: Positions = None, receiver_positions: Positions = None,
                final_norm: Literal["live", "frozen"] = "live", method: Literal["fast", "batched"] = "fast",
+               later: Literal["recompute", "frozen"] = "recompute",
                metrics: Sequence[str] = METRICS, metric: str = "logit_diff",
                memory_mb: float | None = None, batch_size: int | None = None) -> PatchResult:
     """Path patching from every sender to every receiver (the module docstring defines it).
@@ -238,7 +246,8 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
     mh = handle(model)
     for name, value, allowed in (("direction", direction, ("denoise", "noise")),
                                  ("method", method, ("batched", "fast")),
-                                 ("final_norm", final_norm, ("live", "frozen"))):
+                                 ("final_norm", final_norm, ("live", "frozen")),
+                                 ("later", later, ("recompute", "frozen"))):
         if value not in allowed:
             raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, got {value!r}")
     if not metrics or set(metrics) - set(METRICS) or metric not in metrics:
@@ -251,7 +260,7 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
     f = mh.anatomy
     send, recv = _plan(pairs, f, senders, receivers, sender_positions, receiver_positions)
     batch_size = None if batch_size is None else as_count(batch_size, "batch_size")
-    if method == "fast" and (not supports_fast_path(mh, pairs.seq_len)
+    if method == "fast" and (not supports_fast_path(mh, pairs.seq_len) or later == "frozen"
                              or any(x.query_head is not None for r in recv for x in r.pieces)):
         method = "batched"  # the fast path computes GPT-2's and Llama-style blocks, shared k/v only
 
@@ -268,6 +277,12 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
             x, y = mod.input.clone().save(), mod.output.clone().save()
         centre, scale = f.norm_linear_part(f.final_norm(mh.hf), x)
         norm = {"x": x, "y": y, "centre": centre, "scale": scale}
+    final_x = None
+    if later == "frozen":  # the base run's final stream at the last position, [n, d_model]
+        mod, ids = f.final_norm(mh.model), base_ids.to(mh.device)
+        with torch.no_grad(), mh.model.trace(ids, logits_to_keep=1, use_cache=False):
+            last = mod.input[:, -1].clone().save()
+        final_x = last
     two = metrics == ("logit_diff",)  # then only the answer and distractor logits are read
     cols = torch.stack([pairs.answer_ids, pairs.distractor_ids], 1)
 
@@ -312,8 +327,10 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
     patched = sorted({j for j, _ in recorded})
     for chunk in chunks([(i, k, j) for j in patched for k in range(len(send)) for i in range(n)], forward):
         pair_idx = torch.tensor([i for i, _, _ in chunk])
-        logits = receiver_run(mh, f, base_ids[pair_idx], pair_idx, chunk, recv, recorded, base,
-                               norm, cols[pair_idx] if two else None)
+        run = receiver_run if final_x is None else (
+            lambda *a: frozen_receiver_run(*a[:8], final_x, *a[8:]))
+        logits = run(mh, f, base_ids[pair_idx], pair_idx, chunk, recv, recorded, base,
+                     norm, cols[pair_idx] if two else None)
         store(pair_idx, torch.tensor([k for _, k, _ in chunk]), torch.tensor([j for _, _, j in chunk]), logits)
 
     k = len(send) // f.n_heads
@@ -330,5 +347,5 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
                          values={m: v.reshape(n, *(len(labels[d]) for d in dims)) for m, v in values.items()},
                          clean=clean_m, corrupted=bad_m,
                          prompts=pairs, model_name=f.name, method=method, metric=metric)
-    result.remote, result.final_norm = False, final_norm
+    result.remote, result.final_norm, result.later = False, final_norm, later
     return result
