@@ -152,26 +152,31 @@ def _receiver_hook(model, family, receiver, seq, value=None, store=None):
 @torch.no_grad()
 def path_patch(model, family, base_ids, source_ids, sender, receiver, freeze_final_norm=False):
     """Last-position logits [batch, vocab] of path patching ``sender`` -> ``receiver`` for
-    base prompts ``base_ids`` and source prompts ``source_ids`` ([batch, seq] each)."""
+    base prompts ``base_ids`` and source prompts ``source_ids`` ([batch, seq] each).  ``sender``
+    may be a list of senders taking their source values together (a joint sender): every
+    component from the earliest of them to the receiver is frozen, except them."""
     ref._check_model(model)
     family = ref._family(model, family)
     parallel = bool(getattr(model.config, "use_parallel_residual", False))
-    s_kind, s_layer, s_head, s_pos = sender
+    group = sender if isinstance(sender, list) else [sender]  # a list: a joint sender's parts
     r_kind, r_layer = receiver[0], receiver[1]
-    here, there = _place(s_kind, s_layer, parallel), _place(r_kind, r_layer, parallel)
-    if not here < there:
+    places = [_place(s[0], s[1], parallel) for s in group]
+    here, there = min(places), _place(r_kind, r_layer, parallel)
+    if not max(places) < there:
         raise ValueError(f"sender {sender} does not come before receiver {receiver}")
     base, source = ref.cache(model, family, base_ids), ref.cache(model, family, source_ids)
     frozen = final_norm_io(model, family, base_ids) if freeze_final_norm else None
     seq = base_ids.shape[1]
-    positions = [None] if s_pos is None else list(s_pos)
-    if s_kind == "embed":
-        send = [("embed", None, p, None) for p in positions]
-    elif s_kind in ("head", "attn"):
-        heads = [s_head] if s_kind == "head" else range(ref.n_heads_of(model))
-        send = [("head", s_layer, p, h) for h in heads for p in positions]
-    else:
-        send = [("mlp", s_layer, p, None) for p in positions]
+    send = []
+    for s_kind, s_layer, s_head, s_pos in group:
+        positions = [None] if s_pos is None else list(s_pos)
+        if s_kind == "embed":
+            send += [("embed", None, p, None) for p in positions]
+        elif s_kind in ("head", "attn"):
+            heads = [s_head] if s_kind == "head" else range(ref.n_heads_of(model))
+            send += [("head", s_layer, p, h) for h in heads for p in positions]
+        else:
+            send += [("mlp", s_layer, p, None) for p in positions]
     freeze = []
     for L in range(ref.n_layers_of(model, family)):
         if here < _place("head", L, parallel) < there:

@@ -482,3 +482,43 @@ def test_with_later_layers_frozen_only_the_receiving_heads_change_reaches_the_lo
     assert (live.values["logit_diff"] - got.values["logit_diff"]).abs().max() > 1e-9
     with pytest.raises(ValueError, match="q/k/v receivers"):
         path_patch(model, pairs, senders, ["mlp1.in"], later="frozen")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_joint_sender_moves_its_parts_together_as_the_reference_does(setup, method):
+    """``"A+B"`` as a sender: both parts take their source values in one sender run, every other
+    component frozen.  With the final norm frozen a joint sender -> logits is the sum of its
+    parts' direct contributions (checked on the layer x head grid)."""
+    family, model, plain, pairs = setup
+    groups = ["L0H1+L1H2", "L0H3@S2+mlp0", "attn0+L1H0"]
+    got = path_patch(model, pairs, groups, ["logits", "L2H0.q@END", _kv(family, 2, 1, "v")], method=method)
+    assert got.labels["sender"] == groups
+    base, src = _runs(pairs, "denoise")
+    worst = 0.0
+    for a, s in enumerate(groups):
+        parts = [_node(x, pairs, H.model_facts(model).n_layers) for x in s.split("+")]
+        for b, r in enumerate(got.labels["receiver"]):
+            want = _ld(rp.path_patch(plain, family, base, src, parts, _node(r, pairs, H.model_facts(model).n_layers)), pairs)
+            worst = max(worst, (got.values["logit_diff"][:, a, b] - want).abs().max().item())
+    assert worst < TOL
+    frozen = path_patch(model, pairs, ["L0H1+L1H2", "L0H1", "L1H2"], "logits", final_norm="frozen", method=method)
+    eff = frozen.values["logit_diff"][..., 0] - _base(frozen)[:, None]
+    assert (eff[:, 0] - eff[:, 1] - eff[:, 2]).abs().max() < TOL
+
+
+def test_the_tiny_gqa_llama_is_built_from_its_seed_alone_and_refuses_ndif():
+    state = torch.random.get_rng_state()
+    a, b = H.models.tiny_llama(3), H.models.tiny_llama(3)
+    assert torch.equal(torch.random.get_rng_state(), state)   # the global generator is untouched
+    f = H.model_facts(a)
+    assert (f.family, f.n_layers, f.n_heads, f.n_kv_heads, f.d_model) == ("llama", 2, 4, 2, 64)
+    wa, wb = (H.models.hf_model(m).model.layers[1].self_attn.k_proj.weight for m in (a, b))
+    assert torch.equal(wa, wb) and wa.dtype == torch.float64
+    other = H.models.hf_model(H.models.tiny_llama(4)).model.layers[1].self_attn.k_proj.weight
+    assert not torch.equal(wa, other)
+    pairs = H.ioi_pairs(a.tokenizer, n=2)
+    assert path_patch(a, pairs, "L0H1", "L1H3.v").labels["receiver"] == ["L1H3.v"]
+    with pytest.raises(H.ModelLoadError, match="NDIF cannot run it"):
+        H.models.tiny_llama(remote=True)
+    with pytest.raises(ValueError, match="must be a multiple of n_kv_heads"):
+        H.models.tiny_llama(n_heads=3, n_kv_heads=2)

@@ -42,23 +42,28 @@ import torch
 
 from helpers.base.fmt import head_name, parse_head
 from helpers.base.validate import norm_index
+from helpers.circuits.behaviour import Behaviour, behaviour
 from helpers.circuits.evaluation import compare_ablations
+from helpers.circuits.pooled import N_BOOT, PairGroups, Pooled, pair_groups
+from helpers.circuits.search import FaithfulSearch, greedy_faithful
+from helpers.circuits.stages import (candidates, decide, joint_receiver, pooled_ablation,
+                                     pooled_attention, pooled_dla, pooled_paths, random_sets)
 from helpers.circuits.readouts import (ROUTES, Backup, attention_to_roles, backup_test,
                                        direct_logit_attribution, pairs_logit_diff)
-from helpers.data.prompts import (NAMES, OBJECTS, PLACES, TEMPLATES, random_ioi_prompts,
-                                  single_token_words)
 from helpers.engine.runs import Patch
-from helpers.methods.observe import ioi_per_prompt
 from helpers.methods.sweeps import sweep
 from helpers.models.loaded import handle
 from helpers.results.patch_result import PatchResult
-from helpers.results.stats import bootstrap_indices, percentile_interval, resampled_means
 
 __all__ = ["CLASSES", "GPT2_SMALL", "HeadClass", "Behaviour", "behaviour", "classify", "criteria_table",
            "compare_circuits", "gpt2_comparison", "head_grid", "heads_by_position", "members", "top_heads", "unclassified", "pick_head", "receivers", "stage",
-           # re-exported from helpers.circuits.readouts, so a chapter finds the whole search in one place
+           "CLASS",
+           # re-exported, so a chapter finds the whole search in one place: helpers.circuits.readouts,
+           # .pooled, .stages, .behaviour and the greedy faithfulness search
            "ROUTES", "Backup", "attention_to_roles", "backup_test", "direct_logit_attribution",
-           "pairs_logit_diff"]
+           "pairs_logit_diff", "N_BOOT", "PairGroups", "Pooled", "pair_groups", "candidates", "decide",
+           "joint_receiver", "pooled_ablation", "pooled_attention", "pooled_dla", "pooled_paths",
+           "random_sets", "FaithfulSearch", "greedy_faithful"]
 
 GPT2_SMALL = {  # Wang et al. 2022, Figure 2 (GPT-2 small, 12 blocks): (block, head)
     "name mover": [(9, 9), (10, 0), (9, 6)],
@@ -96,6 +101,10 @@ CLASSES = (
     HeadClass("previous token", "S1+1", "S1", "paths into the induction keys @S1+1 (ABC, noising)"),
     HeadClass("backup name mover", "END", "IO", "rise of its direct logit attribution, name movers ablated"),
 )
+
+
+#: the classes by name
+CLASS = {c.name: c for c in CLASSES}
 
 
 def criteria_table(min_attention: float = 0.3, min_share: float = 0.05) -> Any:
@@ -225,51 +234,6 @@ def gpt2_comparison(table: Any, n_layers: int) -> Any:
                      "GPT-2 small": ", ".join(theirs),
                      "GPT-2 depth": depth([lh[0] for lh in GPT2_SMALL[c.name]], GPT2_SMALL_LAYERS)})
     return pd.DataFrame(rows).set_index("class")
-
-
-@dataclass(frozen=True)
-class Behaviour:
-    """IOI behaviour over ``n`` prompts: rates and the mean logit difference with 95 % bootstrap
-    intervals (``(low, high)``)."""
-
-    n: int
-    top1: float
-    top1_ci: tuple[float, float]
-    io_over_s: float
-    io_over_s_ci: tuple[float, float]
-    logit_diff: float
-    logit_diff_ci: tuple[float, float]
-
-    def table(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame([
-            {"measure": "IO is the top-1 next token", "value": self.top1, "ci_low": self.top1_ci[0],
-             "ci_high": self.top1_ci[1]},
-            {"measure": "IO's logit above S's", "value": self.io_over_s,
-             "ci_low": self.io_over_s_ci[0], "ci_high": self.io_over_s_ci[1]},
-            {"measure": "mean logit difference IO - S", "value": self.logit_diff,
-             "ci_low": self.logit_diff_ci[0], "ci_high": self.logit_diff_ci[1]}]).set_index("measure")
-
-
-def behaviour(model: Any, n: int = 150, seed: int = 0, n_boot: int = 1000) -> Behaviour:
-    """IOI behaviour on ``n`` random prompts over every template in ``helpers.TEMPLATES`` and both
-    name orders (``random_ioi_prompts``; names, places and objects that are one token for this
-    tokenizer), with seeded percentile-bootstrap intervals (``n_boot`` resamples)."""
-    mh = handle(model)
-
-    tok = mh.tokenizer
-    prompts = random_ioi_prompts(n, seed=seed, templates=TEMPLATES, names=single_token_words(tok, NAMES),
-                                 places=single_token_words(tok, PLACES),
-                                 objects=single_token_words(tok, OBJECTS))
-    per = ioi_per_prompt(mh, prompts)
-    idx = bootstrap_indices(n, n_boot, seed)
-    out: list[Any] = []
-    for key in ("top1", "io_over_s", "logit_diff"):
-        x = per[key].numpy()
-        lo, hi = percentile_interval(resampled_means(x, idx))
-        out += [float(x.mean()), (float(lo), float(hi))]
-    return Behaviour(n, *out)
 
 
 def pick_head(direct: PatchResult, movers: Sequence[str], layer: int | None = None,

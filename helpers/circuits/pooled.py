@@ -83,8 +83,9 @@ class PairGroups:
 def pair_groups(tokenizer: Any, templates: Sequence[int], n: int = 8, corruption: str = "s2_swap",
                 seed: int = 0) -> PairGroups:
     """``n`` pairs of every template in ``templates`` in both name orders (``ABBA``: IO named
-    first; ``BABA``: S first), from ``helpers.ioi_pairs`` with the same ``seed`` (so the two
-    orders of a template use the same names)."""
+    first; ``BABA``: S first), from ``helpers.ioi_pairs``; template ``t`` draws its names with
+    seed ``seed + 7919 * t``, the same for both of its orders (so each order of a template uses
+    the same names, and templates use different ones)."""
     templates = [int(t) for t in templates]
     if not templates:
         raise ValueError("give at least one template index, e.g. templates=[0, 1, 2, 3]")
@@ -92,8 +93,8 @@ def pair_groups(tokenizer: Any, templates: Sequence[int], n: int = 8, corruption
     groups, ts, orders = [], [], []
     for t in templates:
         for order in ORDERS:
-            groups.append(ioi_pairs(tokenizer, n=n, corruption=corruption, seed=seed, template=t,
-                                    order=order))
+            groups.append(ioi_pairs(tokenizer, n=n, corruption=corruption, seed=seed + 7919 * t,
+                                    template=t, order=order))
             ts.append(t)
             orders.append(order)
     return PairGroups(tuple(groups), tuple(ts), tuple(orders))
@@ -115,17 +116,19 @@ class Pooled:
     group: np.ndarray
     group_names: list[str]
     what: str = ""
+    labels: list[str] | None = None  # names of the cells along the first cell axis, if any
     _boot: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_groups(cls, per_group: Sequence[Any], groups: PairGroups, gaps: Sequence[Any] | None = None,
-                    what: str = "") -> "Pooled":
+                    what: str = "", labels: Sequence[str] | None = None) -> "Pooled":
         """Stack per-group values (``[n_g, *cells]`` each) and gaps (``[n_g]`` each or None)."""
         values = np.concatenate([_np(v) for v in per_group])
         gap = None if gaps is None else np.concatenate([_np(g) for g in gaps])
         if values.shape[0] != len(groups) or (gap is not None and gap.shape != values.shape[:1]):
             raise ValueError(f"{values.shape[0]} pooled values for {len(groups)} pairs")
-        return cls(values, gap, groups.strata, groups.group_of_pair, groups.names, what)
+        return cls(values, gap, groups.strata, groups.group_of_pair, groups.names, what,
+                   None if labels is None else list(labels))
 
     @property
     def cells(self) -> tuple[int, ...]:
@@ -191,6 +194,15 @@ class Pooled:
     def by_template(self) -> dict[int, "Pooled"]:
         """One ``Pooled`` per template (both of its name orders)."""
         return {t: self.subset(self.strata == t) for t in self.templates()}
+
+    def table(self, alpha: float = 0.05, n_boot: int = N_BOOT, seed: int = 0) -> Any:
+        """A ``pandas.DataFrame`` of a one-axis measurement (``labels``): the estimate and its
+        interval per cell."""
+        import pandas as pd
+
+        est, (low, high) = self.estimate(), self.interval(alpha, n_boot, seed)
+        names = self.labels or [str(i) for i in range(len(est))]
+        return pd.DataFrame({"estimate": est, "low": low, "high": high}, index=names)
 
     def by_group(self) -> np.ndarray:
         """The estimate of every group alone, ``[n_groups, *cells]``."""

@@ -34,11 +34,12 @@ def _role_positions(pairs: PromptPairs) -> dict[str, int]:
     return pos
 
 
-def attention_to_roles(model: Any, pairs: PromptPairs, ablate: Sequence[str] = ()
-                       ) -> dict[str, torch.Tensor]:
+def attention_to_roles(model: Any, pairs: PromptPairs, ablate: Sequence[str] = (),
+                       per_prompt: bool = False) -> dict[str, torch.Tensor]:
     """Mean attention weight (over the clean prompts) of every head along every route in
-    ``ROUTES``: ``{"END->IO": [n_layers, n_heads], ...}``, in one traced forward (eager attention,
-    as ``helpers.load_model`` loads).  ``ablate``: heads mean-ablated in that run (as in
+    ``ROUTES``: ``{"END->IO": [n_layers, n_heads], ...}`` (``per_prompt``: every prompt's,
+    ``[n_prompts, n_layers, n_heads]``), in one traced forward (eager attention, as
+    ``helpers.load_model`` loads).  ``ablate``: heads mean-ablated in that run (as in
     ``direct_logit_attribution``)."""
     mh = handle(model)
     f, pos = mh.anatomy, _role_positions(pairs)
@@ -48,6 +49,10 @@ def attention_to_roles(model: Any, pairs: PromptPairs, ablate: Sequence[str] = (
     if any(s is None for s in saved):
         raise RuntimeError("this model's attention returns no weights: load it with "
                            "attn_implementation='eager' (helpers.load_model does)")
+    if per_prompt:
+        weights = torch.stack([s.double() for s in saved], 1)  # [n, layers, heads, rows, seq]
+        return {name: weights[:, :, :, rows.index(pos[q]), pos[k]].to(saved[0].dtype)
+                for name, (q, k) in ROUTES.items()}
     weights = torch.stack([s.double().mean(0) for s in saved])  # [layers, heads, rows, seq]
     return {name: weights[:, :, rows.index(pos[q]), pos[k]].to(saved[0].dtype)
             for name, (q, k) in ROUTES.items()}
@@ -103,7 +108,7 @@ def _run(mh: ModelHandle, pairs: PromptPairs, ablate: Sequence[str], ids: torch.
 
 
 def direct_logit_attribution(model: Any, pairs: PromptPairs, ablate: Sequence[str] = (),
-                             run: str = "clean") -> torch.Tensor:
+                             run: str = "clean", target: str = "difference") -> torch.Tensor:
     """Every head's direct contribution to the logit difference answer - distractor at the last
     position, ``[n_prompts, n_layers, n_heads]``: its slice of the output projection (no bias)
     passed through the final norm with the norm's scale frozen at that run's value, then the
@@ -111,10 +116,14 @@ def direct_logit_attribution(model: Any, pairs: PromptPairs, ablate: Sequence[st
     embeddings, the output-projection biases and the final norm's bias (LayerNorm) it gives the run's logit difference exactly
     (GPT-2 and Llama-style models; not with Gemma's post-norms or soft-capped logits).
     ``ablate``: heads mean-ablated (over the clean prompts) in that run, e.g. to see which heads
-    take over when the name movers are gone; ``run``: ``"clean"`` or ``"corrupted"`` prompts."""
+    take over when the name movers are gone; ``run``: ``"clean"`` or ``"corrupted"`` prompts;
+    ``target``: ``"difference"`` (answer - distractor), ``"answer"`` or ``"distractor"`` (one
+    name's logit alone; the two add up to the difference)."""
     mh = handle(model)
     if run not in ("clean", "corrupted"):
         raise ValueError(f"run must be 'clean' or 'corrupted', got {run!r}")
+    if target not in ("difference", "answer", "distractor"):
+        raise ValueError(f"target must be 'difference', 'answer' or 'distractor', got {target!r}")
     f = mh.anatomy
     hf = mh.hf
     ids = pairs.clean_ids if run == "clean" else pairs.corrupted_ids
@@ -123,7 +132,8 @@ def direct_logit_attribution(model: Any, pairs: PromptPairs, ablate: Sequence[st
     centre, scale = f.norm_linear_part(f.final_norm(hf), x)       # [n, d_model]
     w = f.unembed(hf).weight.detach()
     a, d = pairs.answer_ids.to(w.device), pairs.distractor_ids.to(w.device)
-    direction = (w[a] - w[d]).to(scale.dtype) * scale             # [n, d_model]
+    row = {"difference": w[a] - w[d], "answer": w[a], "distractor": w[d]}[target]
+    direction = row.to(scale.dtype) * scale                       # [n, d_model]
     if centre:  # LayerNorm: the centring is linear too
         direction = direction - direction.mean(-1, keepdim=True)
     out = torch.zeros(len(pairs), f.n_layers, f.n_heads, dtype=scale.dtype)

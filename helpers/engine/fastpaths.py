@@ -95,31 +95,37 @@ def _frozen_norm(norm: dict, dev: torch.device) -> Any:
 def _deltas(blocks: Blocks, base: Cache, source: Cache, senders: list, pair_idx: torch.Tensor,
             fd: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's change of the residual stream at positions ``fd .. seq-1``, ``[rows, W,
-    d_model]``, and where it acts (the sender's positions there), ``[rows, W]`` bool."""
+    d_model]`` (a joint sender: the sum of its parts' changes, exact since every other component
+    is frozen), and where it acts (any part's positions there), ``[rows, W]`` bool."""
     f, dev = blocks.f, pair_idx.device
+    items = [(r, part) for r, s in enumerate(senders) for part in getattr(s, "pieces", (s,))]
     acts = torch.zeros(len(senders), seq, dtype=torch.bool, device=dev)
-    for r, s in enumerate(senders):
+    part_acts = torch.zeros(len(items), seq, dtype=torch.bool, device=dev)
+    for n, (r, s) in enumerate(items):
         acts[r, s.pos(seq)] = True
-    acts = acts[:, fd:]
+        part_acts[n, s.pos(seq)] = True
+    acts, part_acts = acts[:, fd:], part_acts[:, fd:]
     delta, groups = None, {}
-    for r, s in enumerate(senders):  # rows by the cached activation their change comes from
+    for n, (_, s) in enumerate(items):  # parts by the cached activation their change comes from
         key = ("embed", None) if s.kind == "embed" else ("mlp" if s.kind == "mlp" else "head", s.layer)
-        groups.setdefault(key, []).append(r)
-    for key, rows in groups.items():
-        rows = torch.tensor(rows, device=dev)
-        pairs = pair_idx[rows]
-        change = (source[key].to(dev)[pairs, fd:] - base[key].to(dev)[pairs, fd:]) * acts[rows, :, None]
+        groups.setdefault(key, []).append(n)
+    row_of = torch.tensor([r for r, _ in items], device=dev)
+    for key, ns in groups.items():
+        ns = torch.tensor(ns, device=dev)
+        pairs = pair_idx[row_of[ns]]
+        change = (source[key].to(dev)[pairs, fd:] - base[key].to(dev)[pairs, fd:]) * part_acts[ns, :, None]
         if key[0] == "head":  # keep the sender head's columns, then through the output projection
-            keep = torch.ones(len(rows), change.shape[-1], dtype=change.dtype, device=dev)
-            for n, r in enumerate(rows.tolist()):
-                if senders[r].kind == "head":
-                    keep[n] = 0
-                    keep[n, senders[r].head * f.d_head:(senders[r].head + 1) * f.d_head] = 1
+            keep = torch.ones(len(ns), change.shape[-1], dtype=change.dtype, device=dev)
+            for m, n in enumerate(ns.tolist()):
+                if items[n][1].kind == "head":
+                    head = items[n][1].head
+                    keep[m] = 0
+                    keep[m, head * f.d_head:(head + 1) * f.d_head] = 1
             change = blocks.o_proj(key[1], change * keep[:, None]) - blocks.o_proj(
                 key[1], change.new_zeros(1, change.shape[-1]))
         if delta is None:
             delta = change.new_zeros(len(senders), *change.shape[1:-1], f.d_model)
-        delta[rows] = change
+        delta.index_add_(0, row_of[ns], change)
     return delta, acts
 
 

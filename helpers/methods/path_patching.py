@@ -33,7 +33,8 @@ from the clean one (the *source* run); **noising** the reverse.  Sender S -> rec
    unembedding of the recorded stream: the sender run's own logits.
 
 Senders: ``"embed"``, a head ``"L0H3"``, all heads of a block ``"attn2"``, an MLP ``"mlp2"``;
-``"heads"`` / ``"all"``: every head / component before every receiver.  A q/k/v receiver in block L
+``"heads"`` / ``"all"``: every head / component before every receiver; ``"L5H6+L8H1"`` a group
+whose members take their source values together (one sender, e.g. redundant heads).  A q/k/v receiver in block L
 takes senders from earlier blocks, an MLP receiver also its own block's heads (not with a parallel
 residual).  Positions (indices or roles) restrict either side: ``"L0H3@S2"``, ``"L3H0.q@END"``,
 ``"mlp1@3,4"`` (default: every position); ``"logits"`` takes none.
@@ -180,13 +181,19 @@ def _parse(item: Any, default_pos: Positions, pairs: PromptPairs, f: Any, sender
     return _Node("logits", f.n_layers, None, None, "logits", (f.n_layers, 0))
 
 
-def _joint(item: str, default_pos: Positions, pairs: PromptPairs, f: Any) -> _Node:
-    """A joint receiver ``"L23H0.q@END+L23H1.q@END"``: its parts patched together."""
-    parts = tuple(_parse(x.strip(), default_pos, pairs, f, False) for x in item.split("+"))
+def _joint(item: str, default_pos: Positions, pairs: PromptPairs, f: Any, sender: bool = False) -> _Node:
+    """A joint receiver ``"L23H0.q@END+L23H1.q@END"`` (its parts patched together in one receiver
+    run) or a joint sender ``"L5H6+L8H1"`` (its parts take their source values together)."""
+    parts = tuple(_parse(x.strip(), default_pos, pairs, f, sender) for x in item.split("+"))
     labels = [x.label for x in parts]
-    if any(x.kind == "logits" for x in parts) or len(set(labels)) < len(labels):
-        raise ValueError(f"joint receiver {item!r}: join distinct head or MLP inputs with '+', "
-                         "without 'logits' (every path ends there anyway)")
+    if len(set(labels)) < len(labels) or any(x.kind in ("logits", "embed") for x in parts):
+        raise ValueError(f"joint {'sender' if sender else 'receiver'} {item!r}: join distinct "
+                         + ("heads, attention or MLP outputs" if sender else
+                            "head or MLP inputs, without 'logits' (every path ends there anyway)")
+                         + " with '+'")
+    if sender:  # it must come before a receiver as a whole: its latest part counts
+        return _Node("joint", max(x.layer for x in parts), None, None, "+".join(labels),
+                     max(x.order for x in parts), parts=parts)
     return _Node("joint", min(x.layer for x in parts), None, None, "+".join(labels),
                  min(x.order for x in parts), parts=parts)
 
@@ -207,6 +214,8 @@ def _plan(pairs: PromptPairs, f: Any, senders: Any, receivers: Any, sender_posit
                 for x in [f"L{L}H{h}" for h in range(f.n_heads)] + ([f"mlp{L}"] if s == "all" else [])]
             nodes = [_parse(x, sender_positions, pairs, f, True) for x in names]
             send += [x for x in nodes if x.order < min(r.order for r in recv)]
+        elif isinstance(s, str) and "+" in s:
+            send.append(_joint(s, sender_positions, pairs, f, sender=True))
         else:
             send.append(_parse(s, sender_positions, pairs, f, True))
     if not send:

@@ -39,13 +39,14 @@ def sender_run(mh: ModelHandle, f: Any, ids: torch.Tensor, base: dict, src: dict
         ops.append(("in", "set", f.block(mh.model, 0), emb.to(device)))
     for layer in range(f.n_layers):
         z, mlp = base[("head", layer)][pair_idx].clone(), base[("mlp", layer)][pair_idx].clone()
-        for r, s in enumerate(senders):
-            p = s.pos(seq)
-            if s.layer == layer and s.kind == "mlp":
-                mlp[r, p] = src[("mlp", layer)][pair_idx[r], p]
-            elif s.layer == layer and s.kind in ("head", "attn"):
-                c = slice(None) if s.kind == "attn" else slice(s.head * dh, (s.head + 1) * dh)
-                z[r, p, c] = src[("head", layer)][pair_idx[r], p, c]
+        for r, whole in enumerate(senders):
+            for s in whole.pieces:  # a joint sender: every part from the source run
+                p = s.pos(seq)
+                if s.layer == layer and s.kind == "mlp":
+                    mlp[r, p] = src[("mlp", layer)][pair_idx[r], p]
+                elif s.layer == layer and s.kind in ("head", "attn"):
+                    c = slice(None) if s.kind == "attn" else slice(s.head * dh, (s.head + 1) * dh)
+                    z[r, p, c] = src[("head", layer)][pair_idx[r], p, c]
         ops += [("out", "read", module_of(mh, f, sl), sl) for sl in slots if sl[0] == layer and sl[1] < 3]
         ops.append(("in", "set", f.o_proj(mh.model, layer), z.to(device)))
         if (layer, 3) in slots:

@@ -1,0 +1,170 @@
+"""Chapter 10's staged search in words: the decision rule as a table, each stage's decision (the
+members with their intervals and stability, the heads that meet only one criterion), the group
+test of a class no single head carries, what a head the classes leave open does, the backup
+template by template, how a path share depends on its definition, and the circuit's
+faithfulness with the greedy search.
+
+Every number comes from the tables given (``helpers.circuits.stages.decide``,
+``helpers.circuits.roles``), written with ``helpers.base.fmt`` as the chapter prints it.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from IPython.display import Markdown
+
+from helpers.base.fmt import bullets, join, md_table, num, plural, signed
+from helpers.teach.explain._markdown import markdown
+
+OWN = "movers' direct contribution"
+
+__all__ = ["criteria", "decision", "group_test", "head_roles", "ablations", "backup_templates",
+           "share_definitions", "evidence", "faithful_search", "headline"]
+
+
+def criteria(classes: Sequence[Any], min_attention: float, min_share: float, alpha: float = 0.05,
+             n_boot: int = 10_000) -> Markdown:
+    """The classes and their two criteria as a Markdown table (never truncated), then the rule."""
+    rows = [(c.name, c.query, c.key, c.effect, f"{'≤ −' if c.sign < 0 else '≥ '}{min_share}")
+            for c in classes]
+    table = md_table(["class", "writes at", f"attends (≥ {min_attention})", "effect through",
+                      "effect (share of the gap)"], rows)
+    return markdown(table, (
+        f"**Decision rule.** A criterion is met when its bootstrap interval clears the threshold: "
+        f"over {n_boot:,} resamples of the pooled pairs (drawn within each template), the share of "
+        f"resamples on the wrong side of the threshold is the one-sided p-value, Holm-corrected "
+        f"across the heads the stage tests, and it must be below {alpha} — equivalently, the "
+        f"Holm-adjusted lower bound is at least the threshold (for a negative class the upper bound "
+        f"at most −threshold). A head is a member when both criteria are met."))
+
+
+def _row(r: Any) -> str:
+    return (f"{r['head']} (attention {num(r['attention'])}, share {signed(r['share'])} "
+            f"[{signed(r['share_low'])}, {signed(r['share_high'])}], selected on "
+            f"{r['templates'].replace('/', ' of ')} templates alone)")
+
+
+def decision(tables: Sequence[Any]) -> Markdown:
+    """For each class's ``decide`` table: its members with attention, share, interval and
+    stability, or "none"; then the heads that meet one criterion only, with the one they fail."""
+    lines = []
+    for t in tables:
+        if t.empty:
+            continue
+        name, tested = t["class"].iloc[0], int(t["tested"].iloc[0])
+        found, near = t[t["member"]], t[~t["member"]]
+        head = (f"**{name}** ({plural(tested, 'head')} tested): "
+                + (join(_row(r) for _, r in found.iterrows()) if len(found) else "**none**") + ".")
+        one = [f"{r['head']} fails the {r['fails']} criterion (attention {num(r['attention'])}, share "
+               f"{signed(r['share'])} [{signed(r['share_low'])}, {signed(r['share_high'])}])"
+               if r["fails"] != "excluded" else f"{r['head']} meets both but is already in another class"
+               for _, r in near.iterrows()]
+        lines.append(head + (" Closest: " + "; ".join(one) + "." if one else ""))
+    return markdown(bullets(lines))
+
+
+def group_test(table: Any, group: Sequence[str], route: str) -> Markdown:
+    """What ablating a group of heads together does next to random groups of the same size from
+    the same blocks (``roles.ablation_table`` or a ``Pooled.table()`` whose first row is the group
+    and the rest the random sets; columns estimate / low / high)."""
+    est, low, high = (table.iloc[:, i].to_numpy() for i in range(3))
+    rnd = est[1:]
+    verdict = ("**a redundant group**: together they carry what none carries alone"
+               if low[0] > max(high[1:].max(initial=0.0), 0.0) else
+               "no more than random heads: the group shows no joint role here")
+    return markdown(
+        f"The {plural(len(group), 'head')} that meet the {route} attention criterion ({join(group)}), "
+        f"ablated together: **{signed(est[0])}** of the gap [{signed(low[0])}, {signed(high[0])}]. "
+        f"{plural(len(rnd), 'random set')} of as many heads from the same blocks: {signed(rnd.min())} "
+        f"to {signed(rnd.max())}. So the candidates are {verdict}.")
+
+
+def head_roles(table: Any, heads: Sequence[str]) -> Markdown:
+    """For each of ``heads`` (rows of ``roles.head_roles``): its direct logit attribution split
+    into IO's and S's logit, with intervals, and where it looks from END."""
+    lines = []
+    for h in heads:
+        r = table.loc[h]
+        att = max(("IO", "S1", "S2"), key=lambda k: r[f"attention END->{k}"])
+        acts = ("raises IO's logit" if r["DLA IO"] > -r["DLA S"] else "lowers S's logit")
+        lines.append(
+            f"**{h}** writes {signed(r['DLA IO - S'])} logits to IO − S "
+            f"[{signed(r['DLA IO - S low'])}, {signed(r['DLA IO - S high'])}]: {signed(r['DLA IO'])} to IO's "
+            f"logit, {signed(r['DLA S'])} to S's — it mostly {acts}. From END it attends {att} most "
+            f"({num(r[f'attention END->{att}'])}; IO {num(r['attention END->IO'])}, S1 "
+            f"{num(r['attention END->S1'])}, S2 {num(r['attention END->S2'])}).")
+    return markdown(bullets(lines))
+
+
+def ablations(table: Any) -> Markdown:
+    """Each row of ``roles.ablation_table``: the logit difference with and without the set."""
+    lines = [f"**{name}** ({r['heads']}) mean-ablated: logit difference {num(r['logit diff'])} → "
+             f"{num(r['logit diff ablated'])}, a drop of {signed(r['drop (share of gap)'])} of the gap "
+             f"[{signed(r['low'])}, {signed(r['high'])}]." for name, r in table.iterrows()]
+    return markdown(bullets(lines))
+
+
+def backup_templates(table: Any, movers: Sequence[str]) -> Markdown:
+    """``roles.BackupTest.table()``: per template and pooled, what mean-ablating the movers does."""
+    rows = [(t, num(r["logit diff"]), num(r["movers ablated"]), signed(r["change"]),
+             num(r["movers' direct contribution"]), signed(r["made up by the rest"]))
+            for t, r in table.iterrows()]
+    pooled = table.loc["pooled"]
+    per = table.drop(index="pooled")
+    up, down = int((per["change"] > 0).sum()), int((per["change"] < 0).sum())
+    return markdown(
+        md_table(["template", "logit diff", f"{join(movers)} ablated", "change",
+                  "their direct contribution", "made up by the rest"], rows),
+        f"Pooled, mean-ablating {join(movers)} changes the logit difference by "
+        f"**{signed(pooled['change'])}** although they write {num(pooled[OWN])} "
+        f"directly; the change is positive on {plural(up, 'template')} and negative on "
+        f"{plural(down, 'template')} of {len(per)}.")
+
+
+def share_definitions(frame: Any, receivers: Sequence[str]) -> Markdown:
+    """``roles.share_definitions``: per sender, the four definitions side by side."""
+    rows = [(s, *[num(v, 3) for v in r]) for s, r in frame.iterrows()]
+    top = frame.index[0]
+    r = frame.loc[top]
+    spread = float(r.max() - r.min())
+    return markdown(
+        md_table(["sender", *frame.columns], rows),
+        f"Into {join(receivers)}: {top}'s share ranges from {num(r.min(), 3)} to {num(r.max(), 3)} "
+        f"({num(spread, 3)} apart) depending on the definition.")
+
+
+def evidence(tables: Sequence[Any]) -> Markdown:
+    """Every class's members and closest non-members as one Markdown table (never truncated)."""
+    rows = []
+    for t in tables:
+        for _, r in t.iterrows():
+            rows.append((r["class"], r["head"], num(r["attention"]), num(r["attention_low"]),
+                         signed(r["share"]), f"[{signed(r['share_low'])}, {signed(r['share_high'])}]",
+                         "yes" if r["member"] else f"no ({r['fails']})", r["templates"]))
+    return markdown(md_table(["class", "head", "attention", "lower bound (95 %)", "share",
+                              "interval", "member", "templates alone"], rows))
+
+
+def faithful_search(result: Any, ablations: Sequence[str]) -> Markdown:
+    """``helpers.circuits.search.greedy_faithful``: the steps and the outcome."""
+    rows = [(h["size"], h["added"], *[num(h[k]) for k in ablations]) for h in result.history]
+    end = (f"**{plural(len(result.members), 'head')} reach faithfulness {num(result.target)} under "
+           f"both ablations**: {join(result.members)}." if result.reached else
+           f"**No set of up to {plural(result.max_size, 'head')} from the pool reaches {num(result.target)} "
+           f"under both ablations**: the best found keeps "
+           + join(f"{num(v)} ({k})" for k, v in result.faithfulness.items()) + ".")
+    return markdown(md_table(["size", "added", *[f"F ({k})" for k in ablations]], rows), end)
+
+
+def headline(classes_faith: dict[str, float], search: Any, model_label: str) -> Markdown:
+    """The chapter's finding in one paragraph: the class circuit with its faithfulness under each
+    ablation, and the smallest circuit the greedy search found (or that none was found)."""
+    cf = join(f"{num(v)} ({k} ablation)" for k, v in classes_faith.items())
+    found = (f"The smallest head set the greedy search found that keeps at least {num(search.target)} under "
+             f"both ablations has {plural(len(search.members), 'head')}: {join(search.members)} "
+             f"(faithfulness {join(f'{num(v)} ({k})' for k, v in search.faithfulness.items())})."
+             if search.reached else
+             f"No head set of up to {search.max_size} heads from the pool keeps {num(search.target)} under "
+             f"both ablations (best: {join(f'{num(v)} ({k})' for k, v in search.faithfulness.items())}).")
+    return markdown(f"**What the numbers say about {model_label}.** The heads of Wang et al.'s classes "
+                    f"keep {cf} of the behaviour: they are part of the circuit, not all of it. {found}")
