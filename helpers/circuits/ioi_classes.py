@@ -45,9 +45,13 @@ from helpers.base.validate import norm_index
 from helpers.circuits.behaviour import Behaviour, behaviour
 from helpers.circuits.evaluation import compare_ablations
 from helpers.circuits.pooled import N_BOOT, PairGroups, Pooled, pair_groups
-from helpers.circuits.search import FaithfulSearch, greedy_faithful
-from helpers.circuits.stages import (candidates, decide, joint_receiver, pooled_ablation,
-                                     pooled_attention, pooled_dla, pooled_paths, random_sets)
+from helpers.circuits.search import FaithfulSearch, faithfulness_table, greedy_faithful
+from helpers.circuits.roles import (BackupTest, ablation_table, backup_by_template, head_roles,
+                                    knockout_table, share_definitions)
+from helpers.circuits.stages import (PooledReadout, candidates, decide, evidence_table, group_matters,
+                                     group_paths, joint_receiver,
+                                     pooled_ablation, pooled_attention, pooled_dla, pooled_path_table,
+                                     pooled_paths, pooled_readout, random_sets, unexplained)
 from helpers.circuits.readouts import (ROUTES, Backup, attention_to_roles, backup_test,
                                        direct_logit_attribution, pairs_logit_diff)
 from helpers.engine.runs import Patch
@@ -63,7 +67,10 @@ __all__ = ["CLASSES", "GPT2_SMALL", "HeadClass", "Behaviour", "behaviour", "clas
            "ROUTES", "Backup", "attention_to_roles", "backup_test", "direct_logit_attribution",
            "pairs_logit_diff", "N_BOOT", "PairGroups", "Pooled", "pair_groups", "candidates", "decide",
            "joint_receiver", "pooled_ablation", "pooled_attention", "pooled_dla", "pooled_paths",
-           "random_sets", "FaithfulSearch", "greedy_faithful"]
+           "pooled_path_table", "pooled_readout", "PooledReadout", "random_sets", "FaithfulSearch",
+           "greedy_faithful", "faithfulness_table", "BackupTest", "ablation_table", "backup_by_template", "head_roles",
+           "knockout_table", "share_definitions", "group_paths", "unexplained", "group_matters",
+           "evidence_table"]
 
 GPT2_SMALL = {  # Wang et al. 2022, Figure 2 (GPT-2 small, 12 blocks): (block, head)
     "name mover": [(9, 9), (10, 0), (9, 6)],

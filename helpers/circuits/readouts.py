@@ -16,8 +16,8 @@ from helpers.methods.ablations import ablate, ablation_source
 from helpers.models.loaded import ModelHandle, handle
 from helpers.results.metrics import logit_diff
 
-__all__ = ["ROUTES", "Backup", "attention_to_roles", "backup_test", "direct_logit_attribution",
-           "pairs_logit_diff"]
+__all__ = ["ROUTES", "TARGETS", "Backup", "attention_to_roles", "backup_test",
+           "direct_logit_attribution", "pairs_logit_diff", "readout"]
 
 # the attention each class is read by: (query role, key role); "S1+1" is the token after S1
 ROUTES = {"END->IO": ("END", "IO"), "END->S2": ("END", "S2"), "END->S1": ("END", "S1"),
@@ -72,12 +72,13 @@ def _ablation_means(mh: ModelHandle, pairs: PromptPairs, ablate: Sequence[str]) 
 
 
 def _run(mh: ModelHandle, pairs: PromptPairs, ablate: Sequence[str], ids: torch.Tensor | None = None,
-         attn_rows: Sequence[int] | None = None, last_z: bool = False) -> dict:
+         attn_rows: Sequence[int] | None = None, last_z: bool = False, logits: bool = False) -> dict:
     """One traced forward of the clean prompts (or ``ids``) with the heads in ``ablate``
     mean-ablated at every position, reading, block by block in forward order, the attention
     weights of the query positions ``attn_rows`` (``("attn", L)``: ``[n, n_heads, rows, seq]``)
     and/or the last position's output-projection input (``("z", L)``: ``[n, n_heads * d_head]``)
-    and final-norm input (``"x"``: ``[n, d_model]``)."""
+    and final-norm input (``"x"``: ``[n, d_model]``), and with ``logits`` the last position's
+    logits (``"logits"``: ``[n, vocab]``)."""
     if mh.remote:
         raise ValueError("attention and direct-logit-attribution readouts run on a local model only "
                          "for now: load it without remote=")
@@ -88,7 +89,7 @@ def _run(mh: ModelHandle, pairs: PromptPairs, ablate: Sequence[str], ids: torch.
     blocks = [(f.o_proj(mh.model, layer), f.attn(mh.model, layer),
                *((cols.to(device), m.to(device)) if layer in means else (None, None)))
               for layer, (cols, m) in ((L, means.get(L, (None, None))) for L in range(f.n_layers))]
-    norm = f.final_norm(mh.model)
+    norm, unembed = f.final_norm(mh.model), f.unembed(mh.model)
     ids = pairs.clean_ids if ids is None else ids
     rows = None if attn_rows is None else list(attn_rows)
     out: dict = {}  # filled inside the trace (a container made there would not outlive it)
@@ -104,6 +105,10 @@ def _run(mh: ModelHandle, pairs: PromptPairs, ablate: Sequence[str], ids: torch.
                 out[("attn", layer)] = attn.output[1][:, :, rows].clone().save()
         if last_z:
             out["x"] = norm.input[:, -1].clone().save()
+        if logits:
+            out["logits"] = unembed.output[:, -1].clone().save()
+    if logits:
+        out["logits"] = f.logits(out["logits"])
     return out
 
 
@@ -122,21 +127,31 @@ def direct_logit_attribution(model: Any, pairs: PromptPairs, ablate: Sequence[st
     mh = handle(model)
     if run not in ("clean", "corrupted"):
         raise ValueError(f"run must be 'clean' or 'corrupted', got {run!r}")
-    if target not in ("difference", "answer", "distractor"):
+    if target not in TARGETS:
         raise ValueError(f"target must be 'difference', 'answer' or 'distractor', got {target!r}")
-    f = mh.anatomy
-    hf = mh.hf
     ids = pairs.clean_ids if run == "clean" else pairs.corrupted_ids
-    saved = _run(mh, pairs, ablate, ids, last_z=True)
+    return _dla(mh, pairs, _run(mh, pairs, ablate, ids, last_z=True), (target,))[target]
+
+
+TARGETS = ("difference", "answer", "distractor")
+
+
+def _dla(mh: ModelHandle, pairs: PromptPairs, saved: dict, targets: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Every head's direct contribution to each target, ``{target: [n, n_layers, n_heads]}``,
+    from one run's saved last-position head outputs and final-norm input."""
+    f, hf = mh.anatomy, mh.hf
     z, x = [saved[("z", layer)] for layer in range(f.n_layers)], saved["x"]
     centre, scale = f.norm_linear_part(f.final_norm(hf), x)       # [n, d_model]
     w = f.unembed(hf).weight.detach()
     a, d = pairs.answer_ids.to(w.device), pairs.distractor_ids.to(w.device)
-    row = {"difference": w[a] - w[d], "answer": w[a], "distractor": w[d]}[target]
-    direction = row.to(scale.dtype) * scale                       # [n, d_model]
-    if centre:  # LayerNorm: the centring is linear too
-        direction = direction - direction.mean(-1, keepdim=True)
-    out = torch.zeros(len(pairs), f.n_layers, f.n_heads, dtype=scale.dtype)
+    rows = {"difference": w[a] - w[d], "answer": w[a], "distractor": w[d]}
+    directions = {}
+    for t in targets:
+        direction = rows[t].to(scale.dtype) * scale                 # [n, d_model]
+        if centre:  # LayerNorm: the centring is linear too
+            direction = direction - direction.mean(-1, keepdim=True)
+        directions[t] = direction
+    out = {t: torch.zeros(len(pairs), f.n_layers, f.n_heads, dtype=scale.dtype) for t in targets}
     with torch.no_grad():
         for layer in range(f.n_layers):
             proj = f.o_proj(hf, layer)
@@ -144,9 +159,31 @@ def direct_logit_attribution(model: Any, pairs: PromptPairs, ablate: Sequence[st
             eye = torch.eye(f.n_heads, dtype=zl.dtype, device=zl.device)[None, :, :, None]
             per_head = (zl * eye).reshape(len(pairs), f.n_heads, -1)    # one head's slice each
             bias = proj(torch.zeros_like(per_head[:, :1]))
-            contrib = proj(per_head) - bias                              # [n, heads, d_model]
-            out[:, layer] = (contrib.to(direction.dtype) * direction[:, None]).sum(-1).cpu()
+            contrib = (proj(per_head) - bias)                            # [n, heads, d_model]
+            for t, direction in directions.items():
+                out[t][:, layer] = (contrib.to(direction.dtype) * direction[:, None]).sum(-1).cpu()
     return out
+
+
+def readout(model: Any, pairs: PromptPairs, ablate: Sequence[str] = (),
+            targets: Sequence[str] = TARGETS) -> dict[str, Any]:
+    """One traced forward of the clean prompts (``ablate``: heads mean-ablated over them) giving
+    everything chapter 10 reads from a run: ``"dla"`` (``{target: [n, n_layers, n_heads]}``, as
+    ``direct_logit_attribution``), ``"logit_diff"`` (``[n]``, answer - distractor) and
+    ``"attention"`` (``{route: [n, n_layers, n_heads]}``, as ``attention_to_roles(per_prompt=True)``)."""
+    mh = handle(model)
+    for t in targets:
+        if t not in TARGETS:
+            raise ValueError(f"targets must be among {TARGETS}, got {t!r}")
+    pos = _role_positions(pairs)
+    rows = sorted({pos[q] for q, _ in ROUTES.values()})
+    saved = _run(mh, pairs, ablate, attn_rows=rows, last_z=True, logits=True)
+    weights = torch.stack([saved[("attn", L)].double() for L in range(mh.anatomy.n_layers)], 1)
+    attention = {name: weights[:, :, :, rows.index(pos[q]), pos[k]] for name, (q, k) in ROUTES.items()}
+    logits = saved["logits"]
+    ld = logit_diff(logits, pairs.answer_ids.to(logits.device), pairs.distractor_ids.to(logits.device))
+    return {"dla": _dla(mh, pairs, saved, targets), "logit_diff": ld.double().cpu(),
+            "attention": attention}
 
 
 @dataclass(frozen=True)

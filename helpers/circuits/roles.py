@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from helpers.base.fmt import parse_head
 from helpers.circuits.pooled import PairGroups, Pooled
-from helpers.circuits.stages import joint_receiver, pooled_attention, pooled_dla
+from helpers.circuits.stages import PooledReadout, joint_receiver, pooled_readout
 from helpers.data.prompts import PromptPairs
 from helpers.methods.ablations import ablate, knockout
 from helpers.methods.path_patching import path_patch
@@ -29,24 +28,22 @@ def _ci(p: Pooled, index: Any = ()) -> tuple[float, float, float]:
     return float(est[index]), float(low[index]), float(high[index])
 
 
-def head_roles(model: Any, groups: PairGroups, heads: Sequence[str]) -> Any:
+def head_roles(reads: PooledReadout, heads: Sequence[str]) -> Any:
     """For each head: its direct logit attribution (clean prompts, final norm's scale frozen) to
     IO - S, to IO's logit alone and to S's logit alone (logits, with intervals), and its
-    attention from END to IO, S1 and S2 (pooled means).  One row per head."""
+    attention from END to IO, S1 and S2 (pooled means), from a ``pooled_readout``.  One row per
+    head."""
     import pandas as pd
 
-    mh = handle(model)
-    dla = {t: pooled_dla(mh, groups, target=t) for t in ("difference", "answer", "distractor")}
-    att = pooled_attention(mh, groups)
     rows = []
     for h in heads:
         lh = parse_head(h)
         row: dict[str, Any] = {"head": h}
         for t, name in (("difference", "IO - S"), ("answer", "IO"), ("distractor", "S")):
-            est, low, high = _ci(dla[t], lh)
+            est, low, high = _ci(reads.dla[t], lh)
             row.update({f"DLA {name}": est, f"DLA {name} low": low, f"DLA {name} high": high})
         for route in ("END->IO", "END->S1", "END->S2"):
-            row[f"attention {route}"] = float(att[route].estimate()[lh])
+            row[f"attention {route}"] = float(reads.attention[route].estimate()[lh])
         rows.append(row)
     return pd.DataFrame(rows).set_index("head")
 
@@ -61,6 +58,9 @@ def ablation_table(model: Any, groups: PairGroups, sets: dict[str, Sequence[str]
     mh = handle(model)
     full, ablated, gaps = [], [], []
     names = list(sets)
+    if not names:
+        return pd.DataFrame(columns=["ablated", "heads", "logit diff", "logit diff ablated",
+                                     "drop (share of gap)", "low", "high"]).set_index("ablated")
     for g in groups:
         r = ablate(mh, g, [list(sets[n]) for n in names], kind)
         full.append(r.clean["logit_diff"].double()[:, None].expand(-1, len(names)))
@@ -96,26 +96,23 @@ def knockout_table(model: Any, groups: PairGroups, heads: Sequence[str], key: st
 
 @dataclass
 class BackupTest:
-    """The name movers mean-ablated on every pooled pair: direct logit attributions before and
-    after (``Pooled`` ``[n_pairs, n_layers, n_heads]``, logits), the logit difference with all heads
-    (``full``) and with the movers ablated (``ablated``, ``Pooled`` ``[n_pairs]``), END -> IO
-    attention in the ablated run, and the movers."""
+    """The name movers mean-ablated on every pooled pair: the readouts with all heads
+    (``before``) and with the movers ablated (``after``, ``stages.PooledReadout``), and the movers.
+    Direct logit attributions in logits; ``rise()`` as shares of the gap."""
 
     movers: list[str]
-    before: Pooled
-    after: Pooled
-    full: Pooled
-    ablated: Pooled
-    attention: Pooled
+    before: PooledReadout
+    after: PooledReadout
 
     def rise(self) -> Pooled:
         """Every head's rise in direct logit attribution (after - before), the movers' own set to
         0, with the pairs' gaps (``estimate()``: share of the gap)."""
-        values = self.after.values - self.before.values
+        b, a = self.before.dla["difference"], self.after.dla["difference"]
+        values = a.values - b.values
         for h in self.movers:
             values[(slice(None), *parse_head(h))] = 0.0
-        return Pooled(values, self.before.gap, self.before.strata, self.before.group,
-                      self.before.group_names, "rise of direct logit attribution")
+        return Pooled(values, self.before.gap, b.strata, b.group, b.group_names,
+                      "rise of direct logit attribution")
 
     def table(self) -> Any:
         """Per template (both orders) and pooled: the logit difference with all heads and with the
@@ -123,36 +120,29 @@ class BackupTest:
         of the model makes up (own contribution + change: positive = compensation)."""
         import pandas as pd
 
-        own = self.before.values[(slice(None), *zip(*[parse_head(h) for h in self.movers]))].sum(-1) \
-            if self.movers else np.zeros(len(self.full.values))
-        own_p = Pooled(own, None, self.full.strata, self.full.group, self.full.group_names)
+        full, abl = self.before.logit_diff, self.after.logit_diff
+        dla = self.before.dla["difference"].values
+        own = (sum(dla[(slice(None), *parse_head(h))] for h in self.movers) if self.movers
+               else np.zeros(len(full.values)))
+        own_p = Pooled(np.asarray(own, float), None, full.strata, full.group, full.group_names)
         rows = []
-        for t, keep in [(t, self.full.strata == t) for t in self.full.templates()] + [("pooled", None)]:
+        for t, keep in [(t, full.strata == t) for t in full.templates()] + [("pooled", None)]:
             pick = (lambda p: p) if keep is None else (lambda p, k=keep: p.subset(k))
-            full, abl, mine = (float(pick(p).estimate()) for p in (self.full, self.ablated, own_p))
-            rows.append({"template": t, "logit diff": full, "movers ablated": abl, "change": abl - full,
-                         "movers' direct contribution": mine, "made up by the rest": mine + abl - full})
+            f, a, mine = (float(pick(p).estimate()) for p in (full, abl, own_p))
+            rows.append({"template": t, "logit diff": f, "movers ablated": a, "change": a - f,
+                         "movers' direct contribution": mine, "made up by the rest": mine + a - f})
         return pd.DataFrame(rows).set_index("template")
 
 
-def backup_by_template(model: Any, groups: PairGroups, movers: Sequence[str]) -> BackupTest:
-    """Mean-ablate ``movers`` (each group's own mean, every position) on every pooled pair and
-    record what changes (Wang et al.'s backup test, per pair)."""
-    from helpers.circuits.readouts import direct_logit_attribution
-
+def backup_by_template(model: Any, groups: PairGroups, movers: Sequence[str],
+                       before: PooledReadout | None = None) -> BackupTest:
+    """Mean-ablate ``movers`` (each group's own mean over its clean prompts, every position) on
+    every pooled pair and read what changes (Wang et al.'s backup test, per pair); ``before``:
+    the unablated ``pooled_readout`` if already made."""
     mh = handle(model)
-    movers = list(movers)
-    before = pooled_dla(mh, groups)
-    after = Pooled.from_groups([direct_logit_attribution(mh, g, movers) for g in groups], groups,
-                               [torch.as_tensor(before.gap[before.group == i]) for i in range(len(groups.groups))])
-    full, abl = [], []
-    for g in groups:
-        r = ablate(mh, g, [movers], "mean")
-        full.append(r.clean["logit_diff"].double())
-        abl.append(r.values["logit_diff"].double()[:, 0])
-    att = pooled_attention(mh, groups, ablate=movers)["END->IO"]
-    return BackupTest(movers, before, after, Pooled.from_groups(full, groups),
-                      Pooled.from_groups(abl, groups), att)
+    before = before or pooled_readout(mh, groups)
+    after = pooled_readout(mh, groups, list(movers), gap=before.gap)
+    return BackupTest(list(movers), before, after)
 
 
 def share_definitions(model: Any, pairs: PromptPairs, senders: Sequence[str],

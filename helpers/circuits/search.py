@@ -25,7 +25,7 @@ from helpers.methods.sweeps import Direction, patch_components
 from helpers.models.loaded import ModelHandle, handle
 
 __all__ = ["CircuitSearch", "minimal_circuit", "decisive_heads", "attention_from", "FaithfulSearch",
-           "greedy_faithful", "kept_metric"]
+           "greedy_faithful", "kept_metric", "faithfulness_table"]
 
 
 @dataclass
@@ -175,11 +175,13 @@ class FaithfulSearch:
     target: float
     max_size: int
     history: list[dict] = field(default_factory=list)
+    pool: int = 0  # how many heads the search could choose from
 
     def to_dict(self) -> dict:
         """JSON-ready."""
         return {"members": self.members, "faithfulness": self.faithfulness, "reached": self.reached,
-                "target": self.target, "max_size": self.max_size, "history": self.history}
+                "target": self.target, "max_size": self.max_size, "pool": self.pool,
+                "history": self.history}
 
 
 def kept_metric(model: Any, pairs: Any, kept_sets: Sequence[Sequence[str]], universe: Sequence[str],
@@ -250,4 +252,28 @@ def greedy_faithful(model: Any, pairs: Any, pool: Sequence[str], target: float =
         if all(v >= target for v in current.values()):
             break
     return FaithfulSearch(members, current, all(v >= target for v in current.values()),
-                          float(target), max_size, history)
+                          float(target), max_size, history, len(pool))
+
+
+def faithfulness_table(model: Any, pairs: Any, circuits: dict[str, Sequence[str]],
+                       ablations: Sequence[str] = ("mean", "resample"),
+                       universe: Sequence[str] | None = None, seed: int = 0) -> Any:
+    """``F(C) = (M(C) - M({})) / (M(U) - M({}))`` of each named circuit (heads kept; every other
+    head of ``universe``, default every head, ablated; MLPs never) under each ablation, on
+    ``pairs`` (a ``PromptPairs`` or every group of a ``PairGroups``, pooled): a ``pandas.DataFrame``
+    with one row per circuit (its size, then one column per ablation)."""
+    import pandas as pd
+
+    mh = handle(model)
+    f = mh.anatomy
+    universe = list(universe or [head_name(L, h) for L in range(f.n_layers) for h in range(f.n_heads)])
+    names = list(circuits)
+    rows = {n: {"heads": len(circuits[n])} for n in names}
+    for kind in ablations:
+        full, empty, *kept = kept_metric(mh, pairs, [universe, [], *[list(circuits[n]) for n in names]],
+                                         universe, kind, seed)
+        for n, m in zip(names, kept):
+            rows[n][kind] = (m - empty) / (full - empty)
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "circuit"
+    return frame

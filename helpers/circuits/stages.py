@@ -23,6 +23,7 @@ Receivers of several heads are patched **jointly** (one receiver run, ``"A+B"`` 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,15 +31,17 @@ import torch
 
 from helpers.base.fmt import head_name, parse_head
 from helpers.circuits.pooled import N_BOOT, PairGroups, Pooled
-from helpers.circuits.readouts import attention_to_roles, direct_logit_attribution
+from helpers.circuits.readouts import readout
 from helpers.data.prompts import PromptPairs
 from helpers.methods.path_patching import path_patch
 from helpers.models.loaded import handle
 from helpers.results.patch_result import PatchResult
 
-__all__ = ["joint_receiver", "pooled_attention", "pooled_paths", "pooled_path_table", "pooled_dla",
+__all__ = ["PooledReadout", "pooled_readout", "joint_receiver", "pooled_attention", "pooled_paths",
+           "pooled_path_table", "pooled_dla",
            "pooled_ablation",
-           "random_sets", "candidates", "decide", "TABLE_COLUMNS"]
+           "random_sets", "candidates", "decide", "unexplained", "group_paths", "group_matters",
+           "evidence_table", "TABLE_COLUMNS"]
 
 #: the columns of a ``decide`` table (``classify``'s five, then the intervals and the stability)
 TABLE_COLUMNS = ["class", "head", "attention", "share", "member", "attention_low", "share_low",
@@ -92,14 +95,47 @@ def _grid(result: PatchResult, n_layers: int, n_heads: int, direction: str) -> t
     return out if direction == "denoise" else -out
 
 
-def pooled_attention(model: Any, groups: PairGroups, ablate: Sequence[str] = ()) -> dict[str, Pooled]:
-    """Every head's attention along every route (``readouts.ROUTES``) on every clean prompt of
-    ``groups``: ``{route: Pooled [n_pairs, n_layers, n_heads]}`` (plain means; ``ablate``: heads
-    mean-ablated over each group's prompts)."""
+@dataclass
+class PooledReadout:
+    """What one traced forward per group reads (``readouts.readout``), pooled: every head's
+    attention along every route (``{route: Pooled [n_pairs, n_layers, n_heads]}``, plain means),
+    its direct logit attribution (``{target: Pooled}`` in logits; ``share(target)``: as a share of
+    the pooled gap), the run's logit difference (``Pooled [n_pairs]``) and the pairs' clean -
+    corrupted gaps ``[n_pairs]`` (of the unablated model)."""
+
+    attention: dict[str, Pooled]
+    dla: dict[str, Pooled]
+    logit_diff: Pooled
+    gap: np.ndarray
+    ablated: list[str]
+
+    def share(self, target: str = "difference") -> Pooled:
+        """The direct logit attribution as a share of the pooled gap."""
+        return replace(self.dla[target], gap=self.gap, _boot={})
+
+
+def pooled_readout(model: Any, groups: PairGroups, ablate: Sequence[str] = (),
+                   gap: np.ndarray | None = None) -> PooledReadout:
+    """``readouts.readout`` on every group (``ablate``: heads mean-ablated over each group's clean
+    prompts), pooled; ``gap`` (the pairs' clean - corrupted logit differences, e.g. an unablated
+    readout's) is measured when not given."""
     mh = handle(model)
-    per = [attention_to_roles(mh, g, ablate, per_prompt=True) for g in groups]
-    return {route: Pooled.from_groups([p[route] for p in per], groups, None, f"attention {route}")
-            for route in per[0]}
+    per = [readout(mh, g, ablate) for g in groups]
+    if gap is None:
+        gap = np.concatenate([(p["logit_diff"] - _pair_lds(mh, g, "corrupted")).numpy()
+                              for p, g in zip(per, groups)])
+    att = {r: Pooled.from_groups([p["attention"][r] for p in per], groups, None, f"attention {r}")
+           for r in per[0]["attention"]}
+    dla = {t: Pooled.from_groups([p["dla"][t] for p in per], groups, None, f"direct logit attribution ({t})")
+           for t in per[0]["dla"]}
+    ld = Pooled.from_groups([p["logit_diff"] for p in per], groups, None, "logit difference")
+    return PooledReadout(att, dla, ld, np.asarray(gap, float), list(ablate))
+
+
+def pooled_attention(model: Any, groups: PairGroups, ablate: Sequence[str] = ()) -> dict[str, Pooled]:
+    """Every head's attention along every route on every clean prompt of ``groups``
+    (``pooled_readout(...).attention``)."""
+    return pooled_readout(model, groups, ablate, gap=np.zeros(len(groups))).attention
 
 
 def pooled_paths(model: Any, groups: PairGroups, receiver_heads: Sequence[str] | None, kind: str = "q",
@@ -133,6 +169,8 @@ def pooled_path_table(model: Any, groups: PairGroups, senders: Sequence[str],
     read by the named query heads only (``joint_receiver(per_query_head=True)``)."""
     mh = handle(model)
     f = mh.anatomy
+    if not senders or not receivers:
+        return {}
     names, per, gaps = list(receivers), {k: [] for k in receivers}, []
     for g in groups:
         recv = ["logits" if receivers[k] is None else
@@ -149,14 +187,9 @@ def pooled_path_table(model: Any, groups: PairGroups, senders: Sequence[str],
 
 def pooled_dla(model: Any, groups: PairGroups, ablate: Sequence[str] = (), target: str = "difference"
                ) -> Pooled:
-    """Every head's direct logit attribution (``readouts.direct_logit_attribution``, clean
-    prompts, ``ablate`` mean-ablated over each group) on every pair, ``[n_pairs, n_layers,
-    n_heads]`` in logits, with the pairs' clean - corrupted gaps; ``target``: ``"difference"``
-    (IO - S), ``"answer"`` (IO's logit) or ``"distractor"`` (S's logit)."""
-    mh = handle(model)
-    dla = [direct_logit_attribution(mh, g, ablate, target=target) for g in groups]
-    gaps = [_pair_gaps(mh, g) for g in groups]
-    return Pooled.from_groups(dla, groups, gaps, f"direct logit attribution ({target})")
+    """Every head's direct logit attribution on every pair as a share of the pooled gap
+    (``pooled_readout(...).share(target)``)."""
+    return pooled_readout(model, groups, ablate).share(target)
 
 
 def pooled_ablation(model: Any, groups: PairGroups, sets: Sequence[Sequence[str]], kind: str = "mean",
@@ -193,28 +226,43 @@ def random_sets(heads: Sequence[str], n_sets: int = 8, seed: int = 0, n_heads: i
                    key=parse_head) for _ in range(n_sets)]
 
 
-def _pair_gaps(mh: Any, pairs: PromptPairs) -> torch.Tensor:
-    """Clean - corrupted logit difference of every pair, ``[n]``."""
-    from helpers.methods.sweeps import baselines
+def _pair_lds(mh: Any, pairs: PromptPairs, run: str) -> torch.Tensor:
+    """The clean or corrupted prompts' logit differences, ``[n]``."""
+    from helpers.engine.runs import cache_activations
+    from helpers.results.metrics import logit_diff
 
-    b = baselines(mh, pairs)
-    return (b["clean"]["logit_diff"] - b["corrupted"]["logit_diff"]).double().cpu()
+    logits = cache_activations(mh, pairs.clean_ids if run == "clean" else pairs.corrupted_ids, [])[1]
+    return logit_diff(logits, pairs.answer_ids.to(logits.device),
+                      pairs.distractor_ids.to(logits.device)).double().cpu()
 
 
-def candidates(screen: torch.Tensor, attention_meets: np.ndarray, sign: int = 1, top: int = 6,
-               before: int | None = None) -> list[str]:
-    """The heads a stage tests for the effect: every head meeting the attention criterion
-    (``attention_meets``, bool ``[n_layers, n_heads]``) plus the ``top`` heads of the screen map
-    (``screen`` ``[n_layers, n_heads]``, share of the gap) in the class's direction, all in blocks
-    before ``before``; strongest on the screen first."""
-    grid = screen.double() * sign
-    n_layers, n_heads = grid.shape
+def candidates(screen: Any, attention: Pooled, min_attention: float = 0.3, sign: int = 1,
+               top: int = 6, before: int | None = None, alpha: float = 0.05) -> list[str]:
+    """The heads a stage tests for the effect: every head meeting the attention criterion (on
+    ``attention``, decided as in ``decide``: Holm across every head) plus the ``top`` heads of the
+    screen map (``screen``: ``[n_layers, n_heads]`` share of the gap, or a layer x head
+    ``PatchResult``) in the class's direction (``sign``), all in blocks before ``before``;
+    strongest on the screen first."""
+    n_layers, n_heads = attention.cells
+    grid = _screen_grid(screen, n_layers, n_heads) * sign
+    meets = attention.decide(min_attention, 1, alpha)["meets"]
     limit = n_layers if before is None else before
     order = sorted(((L, h) for L in range(limit) for h in range(n_heads)),
                    key=lambda lh: (-float(grid[lh]), lh))
-    keep = [lh for lh in order if attention_meets[lh]] + order[:top]
+    keep = [lh for lh in order if meets[lh]] + order[:top]
     picked = sorted(set(keep), key=lambda lh: (-float(grid[lh]), lh))
     return [head_name(*lh) for lh in picked]
+
+
+def _screen_grid(screen: Any, n_layers: int, n_heads: int) -> np.ndarray:
+    """A screen map as ``[n_layers, n_heads]`` shares (blocks after the senders: 0)."""
+    if isinstance(screen, PatchResult):
+        grid = screen.change(True).double().numpy()
+    else:
+        grid = np.asarray(screen.estimate() if hasattr(screen, "estimate") else screen, dtype=float)
+    out = np.zeros((n_layers, n_heads))
+    out[:grid.shape[0]] = grid
+    return out
 
 
 def decide(cls: Any, attention: Pooled, effect: Pooled, min_attention: float = 0.3,
@@ -286,3 +334,50 @@ def _meets(cls: Any, attention: Pooled, effect: Pooled, min_attention: float, mi
     # the plain 95 % one-sided bound (5th percentile) beside it
     a["low_one"] = np.quantile(attention.resamples(n_boot, seed), alpha, axis=0)
     return {"attention": a, "effect": e, "member": a["meets"] & e["meets"]}
+
+
+def unexplained(direct: Pooled, table: Any, min_share: float = 0.05, alpha: float = 0.05,
+                n_boot: int = N_BOOT, seed: int = 0) -> list[str]:
+    """Heads whose direct path to the logits meets the effect criterion in either direction (on
+    its interval, Holm across every head: ``|share| >= min_share``) but that are members of no
+    class in ``table``; largest ``|share|`` first."""
+    members = set(table[table["member"]]["head"])
+    est = direct.estimate()
+    meets = (direct.decide(min_share, 1, alpha, n_boot, seed)["meets"]
+             | direct.decide(min_share, -1, alpha, n_boot, seed)["meets"])
+    cells = [tuple(int(x) for x in c) for c in np.argwhere(meets)]
+    cells.sort(key=lambda lh: (-abs(float(est[lh])), lh))
+    return [head_name(*lh) for lh in cells if head_name(*lh) not in members]
+
+
+def group_paths(model: Any, groups: PairGroups, group: Sequence[str], receiver_heads: Sequence[str],
+                kind: str = "v", at: str = "S2", n_random: int = 5, seed: int = 0,
+                direction: str = "denoise") -> Pooled | None:
+    """Path patching from ``group`` as one joint sender (its heads take their source values
+    together) and from ``n_random`` random groups of as many heads from the same blocks
+    (``random_sets``) into the joint receiver of ``receiver_heads``: ``Pooled [n_pairs,
+    1 + n_random]`` (labels: the groups), or None for an empty group."""
+    if not group:
+        return None
+    n_heads = handle(model).anatomy.n_heads
+    sets = [list(group)] + random_sets(group, n_random, seed, n_heads)
+    senders = ["+".join(s) for s in sets]
+    return pooled_path_table(model, groups, senders, {"r": (receiver_heads, kind, at)}, direction)["r"]
+
+
+def group_matters(test: Pooled | None, min_share: float = 0.05) -> bool:
+    """Whether a ``group_paths`` test shows a group that carries its class's effect jointly: its
+    lower bound (95 %) at least ``min_share`` and above every random group's upper bound."""
+    if test is None:
+        return False
+    low, high = test.interval()
+    return bool(low[0] >= min_share and low[0] > max(high[1:].max(initial=0.0), 0.0))
+
+
+def evidence_table(tables: Sequence[Any]) -> Any:
+    """Every class's ``decide`` table in one ``pandas.DataFrame`` (``members(table, name)`` works
+    on it)."""
+    import pandas as pd
+
+    frames = [t for t in tables if t is not None and len(t)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TABLE_COLUMNS)

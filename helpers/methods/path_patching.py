@@ -184,7 +184,14 @@ def _parse(item: Any, default_pos: Positions, pairs: PromptPairs, f: Any, sender
 def _joint(item: str, default_pos: Positions, pairs: PromptPairs, f: Any, sender: bool = False) -> _Node:
     """A joint receiver ``"L23H0.q@END+L23H1.q@END"`` (its parts patched together in one receiver
     run) or a joint sender ``"L5H6+L8H1"`` (its parts take their source values together)."""
-    parts = tuple(_parse(x.strip(), default_pos, pairs, f, sender) for x in item.split("+"))
+    pieces = item.split("+")
+    odd = next((i for i, x in enumerate(pieces[1:], 1) if not x.strip()[:1].isalpha()), None)
+    if odd is not None and "@" in pieces[odd - 1]:  # "@S1+1": a position arithmetic, not a join
+        raise ValueError(f"{'sender' if sender else 'receiver'} {item!r}: '+' joins components, and "
+                         f"'{pieces[odd - 1].partition('@')[2]}+{pieces[odd]}' is not a role of these "
+                         f"prompts (roles: {sorted(pairs.positions)}): give the token index instead, e.g. "
+                         f"'@{pairs.positions.get('S1', 0) + 1}' for the token after S1")
+    parts = tuple(_parse(x.strip(), default_pos, pairs, f, sender) for x in pieces)
     labels = [x.label for x in parts]
     if len(set(labels)) < len(labels) or any(x.kind in ("logits", "embed") for x in parts):
         raise ValueError(f"joint {'sender' if sender else 'receiver'} {item!r}: join distinct "

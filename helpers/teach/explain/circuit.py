@@ -101,12 +101,14 @@ def head_positions(result: PatchResult, normalise: bool = True, k: int = 6) -> M
                     "Heads that act at S2 prepare the information; heads that act at END use it.")
 
 
-def attention(att: Mapping[str, torch.Tensor], min_attention: float = 0.3, k: int = 3) -> Markdown:
-    """Per route, how many heads attend at least ``min_attention`` and the strongest ``k``."""
+def attention(att: Mapping[str, Any], min_attention: float = 0.3, k: int = 3) -> Markdown:
+    """Per route (``[n_layers, n_heads]`` tensors or pooled measurements), how many heads attend
+    at least ``min_attention`` (pooled mean) and the strongest ``k``."""
     lines = []
     for route, a in att.items():
         if route.startswith("backup:"):
             continue
+        a = torch.as_tensor(a.estimate()) if hasattr(a, "estimate") else a  # pooled: its estimate
         idx = torch.argsort(-a.flatten(), stable=True)[:k].tolist()
         n_h = a.shape[1]
         n = int((a >= min_attention).sum())
@@ -221,3 +223,11 @@ def faithfulness(frame: Any) -> Markdown:
                     + join(f"{num(v)} ({c})" for c, v in spread.items())
                     + ": what \"removing\" a component means is part of the claim, so a faithfulness "
                     "number comes with its ablation.")
+
+
+from helpers.teach.explain.stages import (ablations, backup_templates, criteria, decision, open_inputs,  # noqa: E402
+                                          evidence, faithful_search, group_test, head_roles,
+                                          headline, share_definitions)
+
+__all__ += ["open_inputs", "criteria", "decision", "group_test", "head_roles", "ablations", "backup_templates",
+            "share_definitions", "evidence", "faithful_search", "headline"]

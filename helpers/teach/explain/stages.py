@@ -18,7 +18,7 @@ from helpers.teach.explain._markdown import markdown
 
 OWN = "movers' direct contribution"
 
-__all__ = ["criteria", "decision", "group_test", "head_roles", "ablations", "backup_templates",
+__all__ = ["open_inputs", "criteria", "decision", "group_test", "head_roles", "ablations", "backup_templates",
            "share_definitions", "evidence", "faithful_search", "headline"]
 
 
@@ -63,18 +63,23 @@ def decision(tables: Sequence[Any]) -> Markdown:
     return markdown(bullets(lines))
 
 
-def group_test(table: Any, group: Sequence[str], route: str) -> Markdown:
-    """What ablating a group of heads together does next to random groups of the same size from
-    the same blocks (``roles.ablation_table`` or a ``Pooled.table()`` whose first row is the group
-    and the rest the random sets; columns estimate / low / high)."""
+def group_test(table: Any, group: Sequence[str], route: str, min_share: float = 0.05) -> Markdown:
+    """What a group of heads does as one joint sender next to random groups of the same size
+    from the same blocks (``stages.group_paths(...).table()``: first row the group, then the
+    random groups; columns estimate / low / high), or that no head met the attention criterion
+    (``table`` None)."""
+    if table is None or not len(group):
+        return markdown(f"No head before the receivers meets the {route} attention criterion: there is "
+                        "no candidate group to test, so the class is absent here.")
     est, low, high = (table.iloc[:, i].to_numpy() for i in range(3))
     rnd = est[1:]
-    verdict = ("**a redundant group**: together they carry what none carries alone"
-               if low[0] > max(high[1:].max(initial=0.0), 0.0) else
-               "no more than random heads: the group shows no joint role here")
+    jointly = low[0] >= min_share and low[0] > max(high[1:].max(initial=0.0), 0.0)
+    verdict = (f"**present as a group**: together they carry at least {num(min_share)} of the gap "
+               "through the class's route, more than any random group, though no single one does"
+               if jointly else "not shown to act as a group: the class is absent here")
     return markdown(
         f"The {plural(len(group), 'head')} that meet the {route} attention criterion ({join(group)}), "
-        f"ablated together: **{signed(est[0])}** of the gap [{signed(low[0])}, {signed(high[0])}]. "
+        f"as one joint sender: **{signed(est[0])}** of the gap [{signed(low[0])}, {signed(high[0])}]. "
         f"{plural(len(rnd), 'random set')} of as many heads from the same blocks: {signed(rnd.min())} "
         f"to {signed(rnd.max())}. So the candidates are {verdict}.")
 
@@ -82,6 +87,9 @@ def group_test(table: Any, group: Sequence[str], route: str) -> Markdown:
 def head_roles(table: Any, heads: Sequence[str]) -> Markdown:
     """For each of ``heads`` (rows of ``roles.head_roles``): its direct logit attribution split
     into IO's and S's logit, with intervals, and where it looks from END."""
+    if not len(heads):
+        return markdown("Every head whose direct path meets the effect criterion belongs to a class: "
+                        "no head is left open.")
     lines = []
     for h in heads:
         r = table.loc[h]
@@ -98,7 +106,9 @@ def head_roles(table: Any, heads: Sequence[str]) -> Markdown:
 
 def ablations(table: Any) -> Markdown:
     """Each row of ``roles.ablation_table``: the logit difference with and without the set."""
-    lines = [f"**{name}** ({r['heads']}) mean-ablated: logit difference {num(r['logit diff'])} → "
+    if not len(table):
+        return markdown("Nothing to ablate.")
+    lines = [f"**{name}**{'' if r['heads'] == name else ' (' + r['heads'] + ')'} mean-ablated: logit difference {num(r['logit diff'])} → "
              f"{num(r['logit diff ablated'])}, a drop of {signed(r['drop (share of gap)'])} of the gap "
              f"[{signed(r['low'])}, {signed(r['high'])}]." for name, r in table.iterrows()]
     return markdown(bullets(lines))
@@ -106,6 +116,9 @@ def ablations(table: Any) -> Markdown:
 
 def backup_templates(table: Any, movers: Sequence[str]) -> Markdown:
     """``roles.BackupTest.table()``: per template and pooled, what mean-ablating the movers does."""
+    if not movers:
+        return markdown("No name mover was found, so there is nothing to ablate: backup behaviour "
+                        "cannot be tested here.")
     rows = [(t, num(r["logit diff"]), num(r["movers ablated"]), signed(r["change"]),
              num(r["movers' direct contribution"]), signed(r["made up by the rest"]))
             for t, r in table.iterrows()]
@@ -150,8 +163,8 @@ def faithful_search(result: Any, ablations: Sequence[str]) -> Markdown:
     rows = [(h["size"], h["added"], *[num(h[k]) for k in ablations]) for h in result.history]
     end = (f"**{plural(len(result.members), 'head')} reach faithfulness {num(result.target)} under "
            f"both ablations**: {join(result.members)}." if result.reached else
-           f"**No set of up to {plural(result.max_size, 'head')} from the pool reaches {num(result.target)} "
-           f"under both ablations**: the best found keeps "
+           f"**No set of up to {plural(min(result.max_size, result.pool), 'head')} from the pool of "
+           f"{result.pool} reaches {num(result.target)} under both ablations**: the best found keeps "
            + join(f"{num(v)} ({k})" for k, v in result.faithfulness.items()) + ".")
     return markdown(md_table(["size", "added", *[f"F ({k})" for k in ablations]], rows), end)
 
@@ -164,7 +177,36 @@ def headline(classes_faith: dict[str, float], search: Any, model_label: str) -> 
              f"both ablations has {plural(len(search.members), 'head')}: {join(search.members)} "
              f"(faithfulness {join(f'{num(v)} ({k})' for k, v in search.faithfulness.items())})."
              if search.reached else
-             f"No head set of up to {search.max_size} heads from the pool keeps {num(search.target)} under "
+             f"No head set of up to {min(search.max_size, search.pool)} heads from the pool of {search.pool} keeps {num(search.target)} under "
              f"both ablations (best: {join(f'{num(v)} ({k})' for k, v in search.faithfulness.items())}).")
     return markdown(f"**What the numbers say about {model_label}.** The heads of Wang et al.'s classes "
                     f"keep {cf} of the behaviour: they are part of the circuit, not all of it. {found}")
+
+
+def open_inputs(paths: dict, head: str, facts: Any) -> Markdown:
+    """``stages.pooled_path_table`` into one head's inputs (name -> ``Pooled`` over joint senders):
+    a table of every sender's share into each input, with intervals, then which input carries
+    the most.  With grouped-query attention its keys and values are its key/value head's, which
+    the other query heads of the group read too: they are named."""
+    if not paths:
+        return markdown(f"No class was found upstream of {head}: no sender to test its inputs with.")
+    inputs = list(paths)
+    senders = paths[inputs[0]].labels
+    rows = []
+    for i, s in enumerate(senders):
+        cells = []
+        for k in inputs:
+            est, (low, high) = paths[k].estimate(), paths[k].interval()
+            cells.append(f"{signed(est[i], 3)} [{signed(low[i], 3)}, {signed(high[i], 3)}]")
+        rows.append((s if len(s) < 40 else s[:37] + "...", *cells))
+    totals = {k: float(max(paths[k].estimate(), key=abs)) for k in inputs}
+    best = max(totals, key=lambda k: abs(totals[k]))
+    layer, h = (int(x) for x in head[1:].split("H"))
+    group = facts.n_heads // facts.n_kv_heads
+    kv = h // group
+    shared = ("" if group == 1 else
+              f" Its keys and values are key/value head L{layer}KV{kv}'s, also read by "
+              + join(f"L{layer}H{x}" for x in range(kv * group, (kv + 1) * group) if x != h) + ".")
+    return markdown(md_table(["sender (joint)", *[f"into {k}" for k in inputs]], rows),
+                    f"Share of the clean logit difference destroyed through each input of {head}: the "
+                    f"largest single path goes into its **{best}** ({signed(totals[best], 3)})." + shared)

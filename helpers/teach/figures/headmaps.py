@@ -40,7 +40,7 @@ def head_map(ax: Any, data: np.ndarray, title: str, *, limits: tuple[float, floa
     im = ax.imshow(data, cmap=cmap, vmin=limits[0], vmax=limits[1], aspect="auto",
                    interpolation="nearest")
     n_layers, n_heads = data.shape
-    small = 7 if n_layers > 16 else 8
+    small = 8  # every label at least 8 pt: tall maps get tall figures instead
     ax.set_xticks(range(n_heads), [f"H{h}" for h in range(n_heads)], fontsize=small)
     ax.set_yticks(range(n_layers), [f"L{i}" for i in range(n_layers)], fontsize=small)
     ax.set_xlabel(xlabel, fontsize=9)
