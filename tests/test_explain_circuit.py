@@ -622,8 +622,15 @@ def test_share_definitions_and_faithful_search_and_headline_state_their_numbers(
     assert "| 2 | L2H3 | 0.85 | 0.81 |" in text and "**2 heads reach faithfulness 0.80 under both ablations**" in text
     missed = FaithfulSearch(["L3H0"], {"mean": 0.5, "resample": 0.4}, False, 0.8, 12, [], 3)
     assert "No set of up to 3 heads from the pool of 3 reaches 0.80" in E.faithful_search(missed, ("mean",)).data
-    head = E.headline({"mean": 0.45, "resample": 0.35}, found, "SmolLM2").data
-    assert "keep 0.45 (mean ablation) and 0.35 (resample ablation)" in head and "has 2 heads: L3H0 and L2H3" in head
+    faith = pd.DataFrame({"heads": [7, 11, 2], "mean": [0.434, 1.23, 1.182], "resample": [0.368, 1.016, 0.873]},
+                         index=["classes", "classes + open heads", "greedy"])
+    head = E.headline(faith, found, "SmolLM2").data
+    assert "heads of Wang et al.'s classes keep 0.43 (mean) and 0.37 (resample) of the behaviour" in head
+    assert "the class circuit keeps 1.23 (mean) and 1.02 (resample)" in head
+    assert ("has 2 heads: L3H0 and L2H3 (0.85 (mean) and 0.81 (resample) there; 1.18 (mean) and 0.87 "
+            "(resample) on every pooled pair)") in head
+    missed_head = E.headline(faith, missed, "SmolLM2").data
+    assert "No head set of up to 3 heads from the pool of 3 keeps 0.80" in missed_head
 
 
 def test_evidence_is_one_untruncated_table_of_every_class():

@@ -94,13 +94,20 @@ def head_roles(table: Any, heads: Sequence[str]) -> Markdown:
     for h in heads:
         r = table.loc[h]
         att = max(("IO", "S1", "S2"), key=lambda k: r[f"attention END->{k}"])
-        acts = ("raises IO's logit" if r["DLA IO"] > -r["DLA S"] else "lowers S's logit")
+        io, s_part = float(r["DLA IO"]), float(r["DLA S"])
+        if abs(io) >= abs(s_part):  # which name's logit carries its effect on IO - S
+            acts = f"{'raises' if io > 0 else 'lowers'} IO's logit"
+        else:
+            acts = f"{'lowers' if s_part < 0 else 'raises'} S's logit"
+        every = (f"IO {num(r['attention END->IO'])}, S1 {num(r['attention END->S1'])}, "
+                 f"S2 {num(r['attention END->S2'])}")
+        looks = (f"From END it attends {att} most ({num(r[f'attention END->{att}'])}; {every})."
+                 if r[f"attention END->{att}"] >= 0.1 else
+                 f"From END it attends none of the names ({every}).")
         lines.append(
             f"**{h}** writes {signed(r['DLA IO - S'])} logits to IO − S "
-            f"[{signed(r['DLA IO - S low'])}, {signed(r['DLA IO - S high'])}]: {signed(r['DLA IO'])} to IO's "
-            f"logit, {signed(r['DLA S'])} to S's — it mostly {acts}. From END it attends {att} most "
-            f"({num(r[f'attention END->{att}'])}; IO {num(r['attention END->IO'])}, S1 "
-            f"{num(r['attention END->S1'])}, S2 {num(r['attention END->S2'])}).")
+            f"[{signed(r['DLA IO - S low'])}, {signed(r['DLA IO - S high'])}]: {signed(io)} to IO's "
+            f"logit, {signed(s_part)} to S's — it mostly {acts}. {looks}")
     return markdown(bullets(lines))
 
 
@@ -169,18 +176,27 @@ def faithful_search(result: Any, ablations: Sequence[str]) -> Markdown:
     return markdown(md_table(["size", "added", *[f"F ({k})" for k in ablations]], rows), end)
 
 
-def headline(classes_faith: dict[str, float], search: Any, model_label: str) -> Markdown:
-    """The chapter's finding in one paragraph: the class circuit with its faithfulness under each
-    ablation, and the smallest circuit the greedy search found (or that none was found)."""
-    cf = join(f"{num(v)} ({k} ablation)" for k, v in classes_faith.items())
-    found = (f"The smallest head set the greedy search found that keeps at least {num(search.target)} under "
-             f"both ablations has {plural(len(search.members), 'head')}: {join(search.members)} "
-             f"(faithfulness {join(f'{num(v)} ({k})' for k, v in search.faithfulness.items())})."
-             if search.reached else
-             f"No head set of up to {min(search.max_size, search.pool)} heads from the pool of {search.pool} keeps {num(search.target)} under "
-             f"both ablations (best: {join(f'{num(v)} ({k})' for k, v in search.faithfulness.items())}).")
-    return markdown(f"**What the numbers say about {model_label}.** The heads of Wang et al.'s classes "
-                    f"keep {cf} of the behaviour: they are part of the circuit, not all of it. {found}")
+def headline(faith: Any, search: Any, model_label: str) -> Markdown:
+    """The chapter's finding in one paragraph, from ``search.faithfulness_table`` on the pooled
+    pairs (rows ``"classes"``, ``"classes + open heads"``, ``"greedy"``; a column per ablation)
+    and the greedy search (``FaithfulSearch``, run on the maps' pairs): the class circuit's
+    faithfulness under each ablation; the greedy set, or that none reached the target."""
+    kinds = [c for c in faith.columns if c != "heads"]
+    say = lambda row: join(f"{num(faith.loc[row, k])} ({k})" for k in kinds)  # noqa: E731
+    own = join(f"{num(v)} ({k})" for k, v in search.faithfulness.items())
+    if search.reached:
+        found = (f"The smallest head set the greedy search found on the maps' pairs that keeps at least "
+                 f"{num(search.target)} under both ablations has {plural(len(search.members), 'head')}: "
+                 f"{join(search.members)} ({own} there; {say('greedy')} on every pooled pair).")
+    else:
+        found = (f"No head set of up to {min(search.max_size, search.pool)} heads from the pool of "
+                 f"{search.pool} keeps {num(search.target)} under both ablations on the maps' pairs "
+                 f"(best: {own}; {say('greedy')} on every pooled pair).")
+    extra = (f" With the heads section 10 left open, the class circuit keeps {say('classes + open heads')}."
+             if "classes + open heads" in faith.index else "")
+    return markdown(f"**What the numbers say about {model_label}.** Over every pooled pair the heads of "
+                    f"Wang et al.'s classes keep {say('classes')} of the behaviour: they are part of the "
+                    f"circuit, not all of it.{extra} {found}")
 
 
 def open_inputs(paths: dict, head: str, facts: Any) -> Markdown:
