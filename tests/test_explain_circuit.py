@@ -414,7 +414,7 @@ def test_attention_maps_box_exactly_the_heads_at_or_above_the_threshold_on_a_fix
         assert ax.images[0].get_clim() == (0.0, 1.0)
         assert ax.get_title().startswith(route) and f"({len(expected)} boxed" in ax.get_title()
         # a small map numbers every cell (no head names inside boxes: they would overlap)
-        assert sorted(t.get_text() for t in ax.texts) == sorted(num(v) for v in a.flatten().tolist())
+        assert sorted(t.get_text() for t in ax.texts) == sorted(num(v, 1) for v in a.flatten().tolist())
         assert [t.get_text() for t in ax.get_yticklabels()] == [f"L{i}" for i in range(a.shape[0])]
     assert len([ax for ax in fig.axes if ax.images]) == len(routes)   # the backup route is left out
 
@@ -647,3 +647,12 @@ def test_backup_templates_figure_has_a_bar_pair_per_template():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["template 0", "template 1", "pooled"]
     assert [t.get_text() for t in ax.texts] == ["4.60", "4.55", "5.20", "5.55", "5.05", "5.17"]
+
+
+def test_head_set_diagram_names_each_heads_class_or_none_and_feeds_the_logits():
+    fig = F.head_set_diagram(["L3H1", "L2H1"], synthetic_table(), "The set", {"L2H1": "a note"})
+    check_figure(fig)
+    texts = _box_texts(fig)
+    assert "L2H1\nS-inhibition\na note" in texts and "L3H1\nname mover" in texts
+    assert len([p for p in fig.axes[0].patches if not isinstance(p, FancyBboxPatch)]) == 2
+    assert "no class" in _box_texts(F.head_set_diagram(["L0H0"], synthetic_table(), "x"))[0]

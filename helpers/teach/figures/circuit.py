@@ -19,7 +19,7 @@ from helpers.teach.figures.headmaps import colour_bar, head_map
 from helpers.teach.plotting import ANNOT_PT, plot_patching
 
 __all__ = ["behaviour", "components", "attention_maps", "evidence_maps", "backup", "circuit_diagram",
-           "backup_templates", "depth_comparison"]
+           "backup_templates", "head_set_diagram", "depth_comparison"]
 
 COLOURS = {"name mover": "#f4cccc", "negative name mover": "#d9d2e9", "backup name mover": "#fce5cd",
            "S-inhibition": "#d9ead3", "induction": "#cfe2f3", "duplicate token": "#fff2cc",
@@ -78,7 +78,9 @@ def attention_maps(attention: Mapping[str, Any], routes: Sequence[str] | None = 
     routes = list(routes or [r for r in attention if not r.startswith("backup:")])
     grids = {r: _grid(attention[r]) for r in routes}
     n_layers = next(iter(grids.values())).shape[0]
-    fig, axes = plt.subplots(1, len(routes), figsize=(1.0 + 2.6 * len(routes), 2.0 + 0.24 * n_layers),
+    n_heads = next(iter(grids.values())).shape[1]
+    fig, axes = plt.subplots(1, len(routes), figsize=(1.0 + (0.5 + 0.3 * n_heads) * len(routes),
+                                                      2.0 + 0.24 * n_layers),
                              squeeze=False, layout="constrained")
     for ax, route in zip(axes[0], routes):
         data = grids[route]
@@ -86,7 +88,7 @@ def attention_maps(attention: Mapping[str, Any], routes: Sequence[str] | None = 
             head_name(L, h) for L, h in zip(*np.nonzero(data >= min_attention))]
         rule = "meeting the criterion" if meets is not None else f"at >= {min_attention}"
         im = head_map(ax, data, f"{route} ({len(boxed)} boxed: {rule})", limits=(0.0, 1.0),
-                      cmap="Greys", boxes=boxed, top=6)
+                      cmap="Greys", boxes=boxed, top=6, digits=1)
     bar = fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
     bar.set_label("mean attention weight", fontsize=9)
     fig.suptitle("Where every head looks (clean prompts): query -> key", fontsize=11)
@@ -148,7 +150,7 @@ def backup(before: torch.Tensor, after: torch.Tensor, ablated: Sequence[str], to
     return fig
 
 
-_STAGES = [("previous token", 0, 0.0), ("duplicate token", 1, 1.3), ("induction", 1, 0.0),
+_STAGES = [("previous token", 0, 0.9), ("duplicate token", 1, 1.3), ("induction", 1, 0.0),
            ("S-inhibition", 2, 0.65), ("name mover", 3, 0.0), ("backup name mover", 3, 1.3),
            ("negative name mover", 3, 2.6)]
 _EDGES = [("previous token", "induction", "keys at S1+1"), ("induction", "S-inhibition", "values at S2"),
@@ -191,6 +193,25 @@ def circuit_diagram(table: Any, model_label: str = "", others: Sequence[str] = (
                          "heads with a direct path that fit no class. Arrows: the routes each class "
                          "was tested on.", 130)
     return draw_diagram(nodes, edges, title=title or f"Head classes in {model_label}".strip(), note=note)
+
+
+def head_set_diagram(heads: Sequence[str], table: Any, title: str, notes: Mapping[str, str] | None = None
+                     ) -> Any:
+    """A set of heads (e.g. the greedy faithful circuit) as boxes, one per head in forward order,
+    each named with its class in ``table`` (a ``decide``/``classify`` table) or "no class" (and
+    ``notes[head]`` if given), all feeding the logits.  Returns the Figure."""
+    from helpers.circuits.ioi_classes import CLASSES
+
+    nodes, edges = [], []
+    ordered = sorted(heads, key=parse_head)
+    for i, h in enumerate(ordered):
+        cls = next((c.name for c in CLASSES if h in members(table, c.name)), None)
+        text = f"{h}\n{cls or 'no class'}" + (f"\n{textwrap.fill(notes[h], 28)}" if notes and h in notes else "")
+        nodes.append(Node(h, text, 0, 1.3 * i, COLOURS.get(cls, "#eeeeee") if cls else "#eeeeee"))
+        edges.append(Edge(h, "logits"))
+    nodes.append(Node("logits", "logits at END\n(IO - S)", 1.4, 0.65 * max(len(ordered) - 1, 0)))
+    return draw_diagram(nodes, edges, title=title,
+                        note="Every other head ablated (mean or resample), every MLP kept.")
 
 
 def backup_templates(table: Any, movers: Sequence[str]) -> Any:
