@@ -237,7 +237,7 @@ def _pair_lds(mh: Any, pairs: PromptPairs, run: str) -> torch.Tensor:
 
 
 def candidates(screen: Any, attention: Pooled, min_attention: float = 0.3, sign: int = 1,
-               top: int = 6, before: int | None = None, alpha: float = 0.05) -> list[str]:
+               top: int = 4, before: int | None = None, alpha: float = 0.05) -> list[str]:
     """The heads a stage tests for the effect: every head meeting the attention criterion (on
     ``attention``, decided as in ``decide``: Holm across every head) plus the ``top`` heads of the
     screen map (``screen``: ``[n_layers, n_heads]`` share of the gap, or a layer x head
