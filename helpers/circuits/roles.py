@@ -45,7 +45,7 @@ def head_roles(reads: PooledReadout, heads: Sequence[str]) -> Any:
         for route in ("END->IO", "END->S1", "END->S2"):
             row[f"attention {route}"] = float(reads.attention[route].estimate()[lh])
         rows.append(row)
-    return pd.DataFrame(rows).set_index("head")
+    return pd.DataFrame(rows, columns=["head"] + (list(rows[0])[1:] if rows else [])).set_index("head")
 
 
 def ablation_table(model: Any, groups: PairGroups, sets: dict[str, Sequence[str]], kind: str = "mean"

@@ -237,14 +237,16 @@ def _pair_lds(mh: Any, pairs: PromptPairs, run: str) -> torch.Tensor:
 
 
 def candidates(screen: Any, attention: Pooled, min_attention: float = 0.3, sign: int = 1,
-               top: int = 4, before: int | None = None, alpha: float = 0.05) -> list[str]:
+               top: int = 4, before: int | None = None, alpha: float = 0.05,
+               normalise: bool = True) -> list[str]:
     """The heads a stage tests for the effect: every head meeting the attention criterion (on
     ``attention``, decided as in ``decide``: Holm across every head) plus the ``top`` heads of the
     screen map (``screen``: ``[n_layers, n_heads]`` share of the gap, or a layer x head
     ``PatchResult``) in the class's direction (``sign``), all in blocks before ``before``;
-    strongest on the screen first."""
+    strongest on the screen first.  ``normalise=False``: rank a ``PatchResult`` screen by its raw
+    effect (models whose clean - corrupted gap is too small to divide by)."""
     n_layers, n_heads = attention.cells
-    grid = _screen_grid(screen, n_layers, n_heads) * sign
+    grid = _screen_grid(screen, n_layers, n_heads, normalise) * sign
     meets = attention.decide(min_attention, 1, alpha)["meets"]
     limit = n_layers if before is None else before
     order = sorted(((L, h) for L in range(limit) for h in range(n_heads)),
@@ -254,10 +256,10 @@ def candidates(screen: Any, attention: Pooled, min_attention: float = 0.3, sign:
     return [head_name(*lh) for lh in picked]
 
 
-def _screen_grid(screen: Any, n_layers: int, n_heads: int) -> np.ndarray:
+def _screen_grid(screen: Any, n_layers: int, n_heads: int, normalise: bool = True) -> np.ndarray:
     """A screen map as ``[n_layers, n_heads]`` shares (blocks after the senders: 0)."""
     if isinstance(screen, PatchResult):
-        grid = screen.change(True).double().numpy()
+        grid = screen.change(normalise).double().numpy()
     else:
         grid = np.asarray(screen.estimate() if hasattr(screen, "estimate") else screen, dtype=float)
     out = np.zeros((n_layers, n_heads))

@@ -214,7 +214,7 @@ def open_inputs(paths: dict, head: str, facts: Any) -> Markdown:
         for k in inputs:
             est, (low, high) = paths[k].estimate(), paths[k].interval()
             cells.append(f"{signed(est[i], 3)} [{signed(low[i], 3)}, {signed(high[i], 3)}]")
-        rows.append((s if len(s) < 40 else s[:37] + "...", *cells))
+        rows.append((s.replace("+", " + "), *cells))
     totals = {k: float(max(paths[k].estimate(), key=abs)) for k in inputs}
     best = max(totals, key=lambda k: abs(totals[k]))
     layer, h = (int(x) for x in head[1:].split("H"))
