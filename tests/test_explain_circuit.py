@@ -117,6 +117,18 @@ def test_behaviour_states_rates_intervals_and_the_gap():
     assert "a gap of 0.00" in text   # -0.0006: never "-0.00"
 
 
+def test_behaviour_reports_the_range_over_templates_and_says_when_one_lags():
+    per = {"template": [0, 0, 1, 1, 2], "order": ["ABBA", "BABA", "ABBA", "BABA", "ABBA"],
+           "top1": [1.0, 1.0, 1.0, 0.0, 1.0], "io_over_s": [1.0, 1.0, 1.0, 0.0, 1.0],
+           "logit_diff": [2.0, 4.0, 3.0, -1.0, 5.0]}
+    b = replace(synthetic_behaviour(), per_prompt=per)
+    assert list(b.by("template")["IO_above_S"]) == [1.0, 0.5, 1.0]
+    text = clean(E.behaviour(b, 3.0, -1.0).data)
+    assert "IO beats S in 50.0% to 100.0% of the prompts (lowest: template 1)" in text
+    assert "mean logit difference runs from 1.00 to 5.00" in text
+    assert "not equally well on every template" in text
+
+
 def test_behaviour_on_the_bundled_model(real):
     b, resid = real["behaviour"], real["resid"]
     clean_ld, corrupted_ld = resid.baseline("clean"), resid.baseline("corrupted")
@@ -222,7 +234,7 @@ def test_attention_counts_the_heads_at_or_above_the_threshold(real):
     for route, a in att.items():
         n = int((a >= 0.3).sum())
         top = int(a.flatten().argmax())
-        assert f"**{route}**: {n} head(s) at 0.3 or more; strongest " \
+        assert f"**{route}**: {n} head(s) at 0.3 or more (mean over the prompts); strongest " \
                f"{head_name(*divmod(top, a.shape[1]))} ({num(a.flatten()[top])})" in text
     with_backup = {**att, "backup:END->IO": att["END->IO"]}
     assert "backup:" not in E.attention(with_backup).data
@@ -656,3 +668,20 @@ def test_head_set_diagram_names_each_heads_class_or_none_and_feeds_the_logits():
     assert "L2H1\nS-inhibition\na note" in texts and "L3H1\nname mover" in texts
     assert len([p for p in fig.axes[0].patches if not isinstance(p, FancyBboxPatch)]) == 2
     assert "no class" in _box_texts(F.head_set_diagram(["L0H0"], synthetic_table(), "x"))[0]
+
+
+def test_a_class_present_only_as_a_group_is_compared_and_named_as_such():
+    comp = C.gpt2_comparison(synthetic_table(), 4, {"duplicate token": ["L0H1", "L1H2"]})
+    assert comp.loc["duplicate token", "this model"] == "L0H1, L1H2 (as a group)"
+    assert comp.loc["duplicate token", "depth"] == "0.25-0.50"
+    text = E.comparison(comp).data
+    assert "present only as a group: duplicate token" in text and "not found: negative name mover" in text
+    check_figure(F.depth_comparison(comp, 4))
+
+
+def test_decision_calls_a_head_whose_mean_attention_clears_the_threshold_a_possible_member():
+    t = _decision_table()
+    t.loc[1, "attention"] = 0.35
+    text = E.decision([t], 0.3).data
+    assert "L2H3 fails the attention criterion (attention 0.35" in text and "a possible member" in text
+    assert "a possible member" not in E.decision([_decision_table()], 0.3).data

@@ -224,9 +224,10 @@ def members(table: Any, name: str) -> list[str]:
     return list(table[(table["class"] == name) & table["member"]]["head"])
 
 
-def gpt2_comparison(table: Any, n_layers: int) -> Any:
+def gpt2_comparison(table: Any, n_layers: int, groups: dict[str, Sequence[str]] | None = None) -> Any:
     """Each class's members here beside GPT-2 small's (``GPT2_SMALL``), with the blocks as a
-    fraction of depth ((block + 1) / n_layers: 1.0 = the last block)."""
+    fraction of depth ((block + 1) / n_layers: 1.0 = the last block); ``groups``: classes with no
+    single member that are present as a group (class -> heads), listed as "... (as a group)"."""
     import pandas as pd
 
     def depth(blocks: Sequence[int], n: int) -> str:
@@ -235,8 +236,11 @@ def gpt2_comparison(table: Any, n_layers: int) -> Any:
     rows = []
     for c in CLASSES:
         here = members(table, c.name)
+        grouped = not here and bool((groups or {}).get(c.name))
+        here = here or list((groups or {}).get(c.name, []))
         theirs = [head_name(*lh) for lh in GPT2_SMALL[c.name]]
-        rows.append({"class": c.name, "this model": ", ".join(here) or "none found",
+        rows.append({"class": c.name,
+                     "this model": (", ".join(here) + (" (as a group)" if grouped else "")) or "none found",
                      "depth": depth([parse_head(h)[0] for h in here], n_layers),
                      "GPT-2 small": ", ".join(theirs),
                      "GPT-2 depth": depth([lh[0] for lh in GPT2_SMALL[c.name]], GPT2_SMALL_LAYERS)})

@@ -44,9 +44,11 @@ def _row(r: Any) -> str:
             f"{r['templates'].replace('/', ' of ')} templates alone)")
 
 
-def decision(tables: Sequence[Any]) -> Markdown:
+def decision(tables: Sequence[Any], min_attention: float = 0.3) -> Markdown:
     """For each class's ``decide`` table: its members with attention, share, interval and
-    stability, or "none"; then the heads that meet one criterion only, with the one they fail."""
+    stability, or "none"; then the heads that meet one criterion only, with the one they fail
+    (a head whose mean attention is at least ``min_attention`` but fails the interval test is
+    called a possible member)."""
     lines = []
     for t in tables:
         if t.empty:
@@ -57,6 +59,8 @@ def decision(tables: Sequence[Any]) -> Markdown:
                 + (join(_row(r) for _, r in found.iterrows()) if len(found) else "**none**") + ".")
         one = [f"{r['head']} fails the {r['fails']} criterion (attention {num(r['attention'])}, share "
                f"{signed(r['share'])} [{signed(r['share_low'])}, {signed(r['share_high'])}])"
+               + (" — its mean attention clears the threshold, its interval does not: a possible member"
+                  if r["fails"] == "attention" and r["attention"] >= min_attention else "")
                if r["fails"] != "excluded" else f"{r['head']} meets both but is already in another class"
                for _, r in near.iterrows()]
         lines.append(head + (" Closest: " + "; ".join(one) + "." if one else ""))

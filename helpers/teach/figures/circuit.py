@@ -243,7 +243,8 @@ def depth_comparison(comparison: Any, n_layers: int, gpt2_layers: int = 12) -> A
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(comparison)))
     for i, (name, row) in enumerate(comparison.iterrows()):
         here = [] if row["this model"] == "none found" else [
-            (parse_head(h.strip())[0] + 1) / n_layers for h in row["this model"].split(",")]
+            (parse_head(h.strip())[0] + 1) / n_layers
+            for h in row["this model"].replace(" (as a group)", "").split(",")]
         theirs = [(layer + 1) / gpt2_layers for layer, _ in GPT2_SMALL.get(name, [])]
         ax.scatter(here, [i - 0.12] * len(here), color="#cc0000", s=30, label="this model")
         ax.scatter(theirs, [i + 0.12] * len(theirs), color="#3d85c6", s=30, marker="s",
