@@ -685,3 +685,16 @@ def test_decision_calls_a_head_whose_mean_attention_clears_the_threshold_a_possi
     text = E.decision([t], 0.3).data
     assert "L2H3 fails the attention criterion (attention 0.35" in text and "a possible member" in text
     assert "a possible member" not in E.decision([_decision_table()], 0.3).data
+
+
+def test_sweep_map_labels_every_row_and_column_and_numbers_the_strongest_cells(real):
+    fig = F.sweep_map(real["heads"], True, "every head", top=5)
+    check_figure(fig)
+    ax = fig.axes[0]
+    g = real["heads"].grid()
+    assert ax.images[0].get_clim() == (-1.0, 1.0)
+    assert [t.get_text() for t in ax.get_yticklabels()] == real["heads"].labels["layer"]
+    if g.numel() > 64:
+        assert len(ax.texts) <= 5
+    else:   # a small map: every cell numbered
+        assert sorted(t.get_text() for t in ax.texts) == sorted(num(v) for v in g.flatten().tolist())

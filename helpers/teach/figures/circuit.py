@@ -19,7 +19,7 @@ from helpers.teach.figures.headmaps import colour_bar, head_map
 from helpers.teach.plotting import ANNOT_PT, plot_patching
 
 __all__ = ["behaviour", "components", "attention_maps", "evidence_maps", "backup", "circuit_diagram",
-           "backup_templates", "head_set_diagram", "depth_comparison"]
+           "backup_templates", "head_set_diagram", "sweep_map", "depth_comparison"]
 
 COLOURS = {"name mover": "#f4cccc", "negative name mover": "#d9d2e9", "backup name mover": "#fce5cd",
            "S-inhibition": "#d9ead3", "induction": "#cfe2f3", "duplicate token": "#fff2cc",
@@ -118,6 +118,25 @@ def evidence_maps(shares: Mapping[str, Any], members: Mapping[str, Sequence[str]
                       ylabel="sender block")
     what = "share of the clean - corrupted gap" if normalise else "change in the logit difference"
     colour_bar(fig, im, list(axes[0]), what, list(data.values()), (-limit, limit))
+    return fig
+
+
+def sweep_map(result: PatchResult, normalise: bool = True, title: str | None = None, top: int = 10) -> Any:
+    """A two-axis sweep (block x position, block x head, head x position) as one map on the fixed
+    scale of every map (share of the gap, -1 .. 1; raw values: symmetric at the largest size),
+    every row and column labelled, the ``top`` strongest cells numbered, an arrow on the colour
+    bar only when a cell lies beyond the scale.  Returns the Figure."""
+    if len(result.dims) != 2:
+        raise ValueError(f"sweep_map draws two-axis results; this one has dims {result.dims}")
+    data = result.grid(normalise).double().numpy()
+    limit = 1.0 if normalise else (float(np.abs(data).max()) or 1.0)
+    rows, cols = (result.labels[d] for d in result.dims)
+    fig, ax = plt.subplots(figsize=(2.4 + 0.55 * len(cols), 1.6 + 0.26 * len(rows)), layout="constrained")
+    im = head_map(ax, data, title or result.title(normalise=normalise).split("\n")[0], limits=(-limit, limit),
+                  top=top, xlabel=result.dims[1], ylabel=result.dims[0],
+                  xticks=None if result.dims[1] == "head" else cols, yticks=rows)
+    colour_bar(fig, im, ax, result.importance_label() if normalise else f"mean {result.metric}", [data],
+               (-limit, limit))
     return fig
 
 

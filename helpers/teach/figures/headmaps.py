@@ -32,17 +32,22 @@ def labelled_cells(data: np.ndarray, top: int = 12) -> list[tuple[int, int]]:
 
 def head_map(ax: Any, data: np.ndarray, title: str, *, limits: tuple[float, float] = (-1.0, 1.0),
              cmap: Any = CMAP, boxes: Sequence[str] = (), top: int = 12, digits: int = 2,
-             xlabel: str = "head", ylabel: str = "block") -> Any:
+             xlabel: str = "head", ylabel: str = "block", xticks: Sequence[str] | None = None,
+             yticks: Sequence[str] | None = None) -> Any:
     """One ``[n_layers, n_heads]`` map on ``ax`` with the scale ``limits``; returns the image.
-    Every block has its tick (``L0`` ...), the strongest cells their number (``labelled_cells``),
+    Every block has its tick (``L0`` ...; or ``yticks``), every column too (``H0`` ...; or
+    ``xticks``, e.g. tokens, rotated), the strongest cells their number (``labelled_cells``),
     ``boxes`` (head names) a black frame."""
     data = np.asarray(data, dtype=float)
     im = ax.imshow(data, cmap=cmap, vmin=limits[0], vmax=limits[1], aspect="auto",
                    interpolation="nearest")
     n_layers, n_heads = data.shape
     small = 8  # every label at least 8 pt: tall maps get tall figures instead
-    ax.set_xticks(range(n_heads), [f"H{h}" for h in range(n_heads)], fontsize=small)
-    ax.set_yticks(range(n_layers), [f"L{i}" for i in range(n_layers)], fontsize=small)
+    ax.set_xticks(range(n_heads), list(xticks) if xticks is not None else [f"H{h}" for h in range(n_heads)],
+                  fontsize=small, rotation=60 if xticks is not None else 0,
+                  ha="right" if xticks is not None else "center")
+    ax.set_yticks(range(n_layers), list(yticks) if yticks is not None else [f"L{i}" for i in range(n_layers)],
+                  fontsize=small)
     ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel(ylabel, fontsize=9)
     ax.set_title(textwrap.fill(title, 38), fontsize=10)
