@@ -24,7 +24,10 @@ every patched run.
 Senders are ``(kind, layer, head, positions)`` with kind ``embed`` / ``head`` / ``attn`` (all
 heads of a block) / ``mlp``; receivers ``(kind, layer, head, positions)`` with kind ``q`` / ``k``
 / ``v`` (``head`` a key/value head for k and v) / ``mlp_in`` / ``logits``.  ``positions`` is a
-list of token indices or None (every position).
+list of token indices or None (every position).  A k/v receiver may carry a fifth element, a
+query head of the key/value head's group: the keys/values *as read by that query head only*
+(grouped-query attention, MIB's ungrouped edge): in the receiver run the group's other query
+heads' outputs are set back to the base run's.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import contextlib
 import reference_hooks as ref
 import torch
 
-__all__ = ["QKV", "qkv_site", "path_patch", "final_norm_io", "frozen_norm_part"]
+__all__ = ["QKV", "qkv_site", "path_patch", "path_patch_joint", "path_patch_later_frozen", "final_norm_io", "frozen_norm_part"]
 
 _SPLIT = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 #: family -> (q/k/v module(s) from a block, layout).  GPT-2's c_attn output is [q | k | v];
@@ -149,17 +152,80 @@ def _receiver_hook(model, family, receiver, seq, value=None, store=None):
 @torch.no_grad()
 def path_patch(model, family, base_ids, source_ids, sender, receiver, freeze_final_norm=False):
     """Last-position logits [batch, vocab] of path patching ``sender`` -> ``receiver`` for
-    base prompts ``base_ids`` and source prompts ``source_ids`` ([batch, seq] each)."""
+    base prompts ``base_ids`` and source prompts ``source_ids`` ([batch, seq] each).  ``sender``
+    may be a list of senders taking their source values together (a joint sender): every
+    component from the earliest of them to the receiver is frozen, except them."""
+    ref._check_model(model)
+    family = ref._family(model, family)
+    parallel = bool(getattr(model.config, "use_parallel_residual", False))
+    group = sender if isinstance(sender, list) else [sender]  # a list: a joint sender's parts
+    r_kind, r_layer = receiver[0], receiver[1]
+    places = [_place(s[0], s[1], parallel) for s in group]
+    here, there = min(places), _place(r_kind, r_layer, parallel)
+    if not max(places) < there:
+        raise ValueError(f"sender {sender} does not come before receiver {receiver}")
+    base, source = ref.cache(model, family, base_ids), ref.cache(model, family, source_ids)
+    frozen = final_norm_io(model, family, base_ids) if freeze_final_norm else None
+    seq = base_ids.shape[1]
+    send = []
+    for s_kind, s_layer, s_head, s_pos in group:
+        positions = [None] if s_pos is None else list(s_pos)
+        if s_kind == "embed":
+            send += [("embed", None, p, None) for p in positions]
+        elif s_kind in ("head", "attn"):
+            heads = [s_head] if s_kind == "head" else range(ref.n_heads_of(model))
+            send += [("head", s_layer, p, h) for h in heads for p in positions]
+        else:
+            send += [("mlp", s_layer, p, None) for p in positions]
+    freeze = []
+    for L in range(ref.n_layers_of(model, family)):
+        if here < _place("head", L, parallel) < there:
+            freeze += [("head", L, None, h) for h in range(ref.n_heads_of(model))]
+        if here < _place("mlp", L, parallel) < there:
+            freeze.append(("mlp", L, None, None))
+    store = []
+    handle = None if r_kind == "logits" else _receiver_hook(model, family, receiver[:4], seq, store=store)
+    try:
+        with ref.patched(model, family, base, freeze) as frozen_calls, \
+                ref.patched(model, family, source, send) as send_calls, \
+                _frozen_final_norm(model, family, frozen):
+            logits = model(input_ids=base_ids, use_cache=False).logits[:, -1]
+    finally:
+        if handle is not None:
+            handle.remove()
+    if any(c != 1 for c in list(frozen_calls.values()) + list(send_calls.values())):
+        raise RuntimeError("a patch hook did not run exactly once")
+    if r_kind == "logits":
+        return logits
+    if len(store) != 1:
+        raise RuntimeError(f"the receiver hook ran {len(store)} times")
+    others = []  # a k/v receiver read by one query head: the group's other heads keep base outputs
+    if len(receiver) == 5:
+        group = ref.n_heads_of(model) // model.config.num_key_value_heads
+        others = [("head", r_layer, None, h) for h in range(receiver[2] * group, (receiver[2] + 1) * group)
+                  if h != receiver[4]]
+    handle = _receiver_hook(model, family, receiver[:4], seq, value=store[0])
+    try:
+        with _frozen_final_norm(model, family, frozen), ref.patched(model, family, base, others):
+            return model(input_ids=base_ids, use_cache=False).logits[:, -1]
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def path_patch_joint(model, family, base_ids, source_ids, sender, parts):
+    """Path patching ``sender`` -> a joint receiver: the sender run records every part's input
+    (q/k/v or mlp_in receivers, 4-tuples), then one receiver run replaces all of them."""
     ref._check_model(model)
     family = ref._family(model, family)
     parallel = bool(getattr(model.config, "use_parallel_residual", False))
     s_kind, s_layer, s_head, s_pos = sender
-    r_kind, r_layer = receiver[0], receiver[1]
-    here, there = _place(s_kind, s_layer, parallel), _place(r_kind, r_layer, parallel)
-    if not here < there:
-        raise ValueError(f"sender {sender} does not come before receiver {receiver}")
+    here = _place(s_kind, s_layer, parallel)
+    places = [_place(p[0], p[1], parallel) for p in parts]
+    if not here < min(places):
+        raise ValueError(f"sender {sender} does not come before every part of {parts}")
+    there = max(places)
     base, source = ref.cache(model, family, base_ids), ref.cache(model, family, source_ids)
-    frozen = final_norm_io(model, family, base_ids) if freeze_final_norm else None
     seq = base_ids.shape[1]
     positions = [None] if s_pos is None else list(s_pos)
     if s_kind == "embed":
@@ -175,25 +241,67 @@ def path_patch(model, family, base_ids, source_ids, sender, receiver, freeze_fin
             freeze += [("head", L, None, h) for h in range(ref.n_heads_of(model))]
         if here < _place("mlp", L, parallel) < there:
             freeze.append(("mlp", L, None, None))
-    store = []
-    handle = None if r_kind == "logits" else _receiver_hook(model, family, receiver, seq, store=store)
+    stores = [[] for _ in parts]
+    handles = [_receiver_hook(model, family, p, seq, store=st) for p, st in zip(parts, stores)]
     try:
-        with ref.patched(model, family, base, freeze) as frozen_calls, \
-                ref.patched(model, family, source, send) as send_calls, \
-                _frozen_final_norm(model, family, frozen):
-            logits = model(input_ids=base_ids, use_cache=False).logits[:, -1]
+        with ref.patched(model, family, base, freeze), ref.patched(model, family, source, send):
+            model(input_ids=base_ids, use_cache=False)
     finally:
-        if handle is not None:
+        for h in handles:
+            h.remove()
+    handles = [_receiver_hook(model, family, p, seq, value=st[0]) for p, st in zip(parts, stores)]
+    try:
+        return model(input_ids=base_ids, use_cache=False).logits[:, -1]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def path_patch_later_frozen(model, family, base_ids, source_ids, sender, parts):
+    """Path patching ``sender`` -> q/k/v ``parts`` -> logits with everything after the receiving
+    heads frozen: each part's input (recorded in the sender run) is put back alone, the receiving
+    heads' output change at the last position (their columns of the output projection's input)
+    goes through the output projection (bias cancelled) into the base run's final stream, then the
+    final norm and the unembedding, applied by hand to the last position."""
+    parallel = bool(getattr(model.config, "use_parallel_residual", False))
+    base = ref.cache(model, family, base_ids)
+    seq, d = base_ids.shape[1], ref.d_head_of(model, family)
+    n_heads = ref.n_heads_of(model)
+    group = n_heads // getattr(model.config, "num_key_value_heads", n_heads)
+    # the sender run's recorded inputs: the last forward of path_patch(..., logits) is its sender
+    # run (the two before it cache the runs), so the last value the hook stores is the sender run's
+    recorded = []
+    for part in parts:
+        rec = []
+        handle = _receiver_hook(model, family, part[:4], seq, store=rec)
+        try:
+            path = path_patch(model, family, base_ids, source_ids, sender, ("logits", None, None, None))
+        finally:
             handle.remove()
-    if any(c != 1 for c in list(frozen_calls.values()) + list(send_calls.values())):
-        raise RuntimeError("a patch hook did not run exactly once")
-    if r_kind == "logits":
-        return logits
-    if len(store) != 1:
-        raise RuntimeError(f"the receiver hook ran {len(store)} times")
-    handle = _receiver_hook(model, family, receiver, seq, value=store[0])
-    try:
-        with _frozen_final_norm(model, family, frozen):
-            return model(input_ids=base_ids, use_cache=False).logits[:, -1]
-    finally:
-        handle.remove()
+        del path
+        recorded.append(rec[-1])
+    x_base, _ = final_norm_io(model, family, base_ids)
+    final = x_base[:, -1].clone()
+    for part, value in zip(parts, recorded):
+        kind, layer, head = part[0], part[1], part[2]
+        heads = [head] if kind == "q" else ([part[4]] if len(part) == 5 else
+                                             list(range(head * group, (head + 1) * group)))
+        out_proj = ref.module_for(model, family, "o_proj", layer)
+        seen = []
+        pre = out_proj.register_forward_pre_hook(lambda m, a, kw: seen.append(ref._linear_input(a, kw).clone()),
+                                                 with_kwargs=True)
+        put = _receiver_hook(model, family, part[:4], seq, value=value)
+        try:
+            model(input_ids=base_ids, use_cache=False)
+        finally:
+            pre.remove()
+            put.remove()
+        z_new, z_base = seen[0][:, -1], base[("head", layer)][:, -1]
+        dz = torch.zeros_like(z_new)
+        for h in heads:
+            dz[:, h * d:(h + 1) * d] = z_new[:, h * d:(h + 1) * d] - z_base[:, h * d:(h + 1) * d]
+        final = final + out_proj(dz) - out_proj(torch.zeros_like(dz))
+    del parallel
+    norm = ref.module_for(model, family, "final_norm")
+    return ref.module_for(model, family, "unembed")(norm(final))

@@ -117,6 +117,18 @@ def test_behaviour_states_rates_intervals_and_the_gap():
     assert "a gap of 0.00" in text   # -0.0006: never "-0.00"
 
 
+def test_behaviour_reports_the_range_over_templates_and_says_when_one_lags():
+    per = {"template": [0, 0, 1, 1, 2], "order": ["ABBA", "BABA", "ABBA", "BABA", "ABBA"],
+           "top1": [1.0, 1.0, 1.0, 0.0, 1.0], "io_over_s": [1.0, 1.0, 1.0, 0.0, 1.0],
+           "logit_diff": [2.0, 4.0, 3.0, -1.0, 5.0]}
+    b = replace(synthetic_behaviour(), per_prompt=per)
+    assert list(b.by("template")["IO_above_S"]) == [1.0, 0.5, 1.0]
+    text = clean(E.behaviour(b, 3.0, -1.0).data)
+    assert "IO beats S in 50.0% to 100.0% of the prompts (lowest: template 1)" in text
+    assert "mean logit difference runs from 1.00 to 5.00" in text
+    assert "not equally well on every template" in text
+
+
 def test_behaviour_on_the_bundled_model(real):
     b, resid = real["behaviour"], real["resid"]
     clean_ld, corrupted_ld = resid.baseline("clean"), resid.baseline("corrupted")
@@ -222,7 +234,7 @@ def test_attention_counts_the_heads_at_or_above_the_threshold(real):
     for route, a in att.items():
         n = int((a >= 0.3).sum())
         top = int(a.flatten().argmax())
-        assert f"**{route}**: {n} head(s) at 0.3 or more; strongest " \
+        assert f"**{route}**: {n} head(s) at 0.3 or more (mean over the prompts); strongest " \
                f"{head_name(*divmod(top, a.shape[1]))} ({num(a.flatten()[top])})" in text
     with_backup = {**att, "backup:END->IO": att["END->IO"]}
     assert "backup:" not in E.attention(with_backup).data
@@ -396,30 +408,41 @@ def _panels(fig, n):
     return fig.axes[:n]
 
 
+def _boxes(ax) -> set[tuple[int, int]]:
+    """(block, head) of every box drawn on a map (a Rectangle 1 x 1 centred on a cell)."""
+    return {(round(p.get_y() + 0.5), round(p.get_x() + 0.5)) for p in ax.patches if isinstance(p, Rectangle)}
+
+
 @pytest.mark.parametrize("min_attention", [0.3, 0.6])
-def test_attention_maps_box_and_name_exactly_the_heads_at_or_above_the_threshold(real, min_attention):
+def test_attention_maps_box_exactly_the_heads_at_or_above_the_threshold_on_a_fixed_scale(real, min_attention):
     att = {**real["attention"], "backup:END->IO": real["attention"]["END->IO"]}
     routes = [r for r in att if not r.startswith("backup:")]
     fig = F.attention_maps(att, min_attention=min_attention)
     check_figure(fig)
     for ax, route in zip(_panels(fig, len(routes)), routes):
         a = att[route].double()
-        expected = {head_name(L, h) for L, h in torch.nonzero(a >= min_attention).tolist()}
-        assert {t.get_text() for t in ax.texts} == expected, route
-        assert len([p for p in ax.patches if isinstance(p, Rectangle)]) == len(expected)
-        assert ax.get_title().startswith(route) and f"({len(expected)} at >= {min_attention})" in ax.get_title()
+        expected = {tuple(x) for x in torch.nonzero(a >= min_attention).tolist()}
+        assert _boxes(ax) == expected, route
+        assert ax.images[0].get_clim() == (0.0, 1.0)
+        assert ax.get_title().startswith(route) and f"({len(expected)} boxed" in ax.get_title()
+        # a small map numbers every cell (no head names inside boxes: they would overlap)
+        assert sorted(t.get_text() for t in ax.texts) == sorted(num(v, 1) for v in a.flatten().tolist())
+        assert [t.get_text() for t in ax.get_yticklabels()] == [f"L{i}" for i in range(a.shape[0])]
     assert len([ax for ax in fig.axes if ax.images]) == len(routes)   # the backup route is left out
 
 
-def test_attention_maps_include_a_head_exactly_at_the_threshold():
+def test_attention_maps_include_a_head_exactly_at_the_threshold_and_take_decided_heads():
     att = {"END->IO": torch.tensor([[0.3, 0.2999], [0.9, 0.0]], dtype=torch.float64)}
     fig = F.attention_maps(att, min_attention=0.3)
     check_figure(fig)
-    assert {t.get_text() for t in fig.axes[0].texts} == {"L0H0", "L1H0"}
+    assert _boxes(fig.axes[0]) == {(0, 0), (1, 0)}
+    decided = F.attention_maps(att, min_attention=0.3, meets={"END->IO": ["L1H0"]})
+    assert _boxes(decided.axes[0]) == {(1, 0)}
+    assert "meeting the criterion" in decided.axes[0].get_title().replace("\n", " ")
 
 
-@pytest.mark.parametrize("normalise, limit", [(True, 50.0), (False, 0.5)])
-def test_evidence_maps_share_one_colour_scale_centred_on_0(normalise, limit):
+@pytest.mark.parametrize("normalise, limit", [(True, 1.0), (False, 0.5)])
+def test_evidence_maps_use_one_fixed_symmetric_scale_and_box_the_members(normalise, limit):
     shares = {"direct path to the logits": torch.tensor([[0.2, -0.001], [0.1, 0.05]]),
               "paths into the name movers' queries at END": torch.tensor([[-0.5, 0.0], [0.3, 0.02]])}
     members = {"direct path to the logits": ["L0H0"],
@@ -431,17 +454,25 @@ def test_evidence_maps_share_one_colour_scale_centred_on_0(normalise, limit):
     for ax, title in zip(panels, shares):
         lo, hi = ax.images[0].get_clim()
         assert lo == pytest.approx(-limit) and hi == pytest.approx(limit)
-        assert {t.get_text() for t in ax.texts} == set(members[title])
+        assert _boxes(ax) == {H.fmt.parse_head(h) for h in members[title]}
+        assert sorted(t.get_text() for t in ax.texts) == sorted(num(v) for v in shares[title].flatten().tolist())
 
 
-def test_evidence_maps_on_the_bundled_model(real):
-    shares = {"name movers": real["shares"]["name mover"], "all heads": real["heads"].grid()}
-    fig = F.evidence_maps(shares, {"name movers": [real["strongest"]]})
+def test_evidence_maps_arrow_only_when_a_cell_leaves_the_scale():
+    inside = F.evidence_maps({"a": torch.tensor([[0.9, -0.2]])}, {})
+    over = F.evidence_maps({"a": torch.tensor([[1.3, -0.2]])}, {})
+    bars = [[ax for ax in f.axes if not ax.images][0] for f in (inside, over)]
+    assert [fig.axes[0].images[0].colorbar.extend for fig in (inside, over)] == ["neither", "max"]
+    assert bars
+
+
+def test_evidence_maps_of_a_large_map_number_only_its_strongest_cells(real):
+    grid = torch.arange(30 * 9, dtype=torch.float64).reshape(30, 9) / 1000
+    fig = F.evidence_maps({"big": grid}, {})
     check_figure(fig)
-    clims = [ax.images[0].get_clim() for ax in fig.axes if ax.images]
-    limit = 100 * max(float(v.abs().max()) for v in shares.values())
-    assert all(lo == pytest.approx(-limit) and hi == pytest.approx(limit) for lo, hi in clims)
-    assert [t.get_text() for t in fig.axes[0].texts] == [real["strongest"]] and not fig.axes[1].texts
+    ax = fig.axes[0]
+    assert len(ax.texts) == 8 and {t.get_text() for t in ax.texts} == {num(v) for v in grid.flatten()[-8:]}
+    assert len(ax.get_yticklabels()) == 30      # every block labelled
 
 
 def test_backup_figure_shows_the_heads_that_change_most(real):
@@ -464,18 +495,30 @@ def _box_texts(fig) -> list[str]:
 
 
 @pytest.mark.parametrize("others", [(), ("L1H3", "L0H2")])
-def test_circuit_diagram_names_members_none_found_and_others(others):
+def test_circuit_diagram_draws_absent_classes_absent_and_names_members_and_others(others):
     fig = F.circuit_diagram(synthetic_table(), "ioi-tiny", others)
     check_figure(fig)
     texts = _box_texts(fig)
     assert "name mover\nL3H0, L3H1" in texts and "S-inhibition\nL2H1, L2H2" in texts
-    for name in ("negative name mover", "induction", "duplicate token", "previous token", "backup name mover"):
-        assert f"{name}\nnone found" in texts, name
+    absent = ("negative name mover", "induction", "duplicate token", "previous token", "backup name mover")
+    for name in absent:
+        assert f"{name}\nnone" in texts, name
     boxes = [p for p in fig.axes[0].patches if isinstance(p, FancyBboxPatch)]
     assert len(boxes) == 8 + bool(others)
+    assert sum(b.get_linestyle() not in ("-", "solid") for b in boxes) == len(absent)   # dashed outlines
+    arrows = [p for p in fig.axes[0].patches if not isinstance(p, FancyBboxPatch)]
+    assert len(arrows) == 2 + bool(others)   # S-inhibition -> name mover -> logits (+ others -> logits)
     other_box = [t for t in texts if t.startswith("no class, direct path")]
     assert other_box == (["no class, direct path\nL1H3, L0H2"] if others else [])
-    assert fig.axes[0].get_title() == "The IOI circuit found in ioi-tiny"
+    assert fig.axes[0].get_title() == "Head classes in ioi-tiny"
+
+
+def test_circuit_diagram_draws_a_class_present_as_a_group_with_dashed_arrows():
+    fig = F.circuit_diagram(synthetic_table(), "m", (), {"duplicate token": ["L0H1", "L0H2"]}, title="T")
+    texts = _box_texts(fig)
+    assert "duplicate token (as a group)\nL0H1, L0H2" in texts and fig.axes[0].get_title() == "T"
+    arrows = [p for p in fig.axes[0].patches if not isinstance(p, FancyBboxPatch)]
+    assert len(arrows) == 3 and sum(a.get_linestyle() not in ("-", "solid") for a in arrows) == 1
 
 
 def test_circuit_diagram_of_the_bundled_models_table(real):
@@ -486,7 +529,7 @@ def test_circuit_diagram_of_the_bundled_models_table(real):
     for c in C.CLASSES:
         heads = C.members(real["table"], c.name)
         assert any(t.startswith(c.name + "\n") and (all(h in t for h in heads) if heads else
-                                                   t.endswith("none found")) for t in texts), c.name
+                                                   t.endswith("none")) for t in texts), c.name
     assert any(t.startswith("no class, direct path") and all(h in t for h in others) for t in texts)
 
 
@@ -515,3 +558,143 @@ def test_depth_comparison_of_the_bundled_model(real):
     fig = F.depth_comparison(comp, real["facts"].n_layers)
     check_figure(fig)
     assert len(fig.axes[0].collections) == 2 * len(C.CLASSES)
+
+
+# --------------------------------------------------------------------------- the staged search in words
+
+def _decision_table():
+    rows = [{"class": "name mover", "head": "L3H0", "attention": 0.62, "share": 0.151, "member": True,
+             "attention_low": 0.55, "share_low": 0.13, "share_high": 0.17, "p_holm": 0.01, "templates": "3/4",
+             "fails": "", "tested": 16},
+            {"class": "name mover", "head": "L2H3", "attention": 0.04, "share": 0.4, "member": False,
+             "attention_low": 0.03, "share_low": 0.38, "share_high": 0.42, "p_holm": 0.01, "templates": "0/4",
+             "fails": "attention", "tested": 16}]
+    return pd.DataFrame(rows)
+
+
+def test_decision_states_members_intervals_stability_and_the_failed_criterion():
+    text = clean(E.decision([_decision_table()]).data)
+    assert ("**name mover** (16 heads tested): L3H0 (attention 0.62, share +0.15 [+0.13, +0.17], "
+            "selected on 3 of 4 templates alone).") in text
+    assert "L2H3 fails the attention criterion (attention 0.04, share +0.40 [+0.38, +0.42])" in text
+    none = _decision_table().assign(member=False, fails="effect")
+    assert "(16 heads tested): **none**." in E.decision([none]).data
+
+
+def test_criteria_is_a_complete_markdown_table_with_the_rule():
+    text = E.criteria(C.CLASSES, 0.3, 0.05).data
+    assert text.count("\n|") >= len(C.CLASSES) + 1 and "| negative name mover | END | IO |" in text
+    assert "≤ −0.05" in text and "Holm-corrected across the heads the stage tests" in text
+
+
+def test_group_test_reads_the_group_against_random_groups():
+    table = pd.DataFrame({"estimate": [0.1, 0.01, -0.005], "low": [0.08, 0.0, -0.01],
+                          "high": [0.12, 0.02, 0.0]}, index=["A+B", "C+D", "E+F"])
+    text = clean(E.group_test(table, ["L1H0", "L2H0"], "S2 -> S1").data)
+    assert "as one joint sender: **+0.10** of the gap [+0.08, +0.12]" in text
+    assert "2 random sets of as many heads from the same blocks: -0.01 to +0.01" in text
+    assert "**present as a group**" in text
+    weak = table.assign(low=[0.01, 0.0, -0.01])
+    assert "not shown to act as a group" in E.group_test(weak, ["L1H0", "L2H0"], "S2 -> S1").data
+    assert "no candidate group to test" in E.group_test(None, [], "S2 -> S1").data
+
+
+def test_head_roles_say_which_logit_a_head_moves_and_where_it_looks():
+    row = {"DLA IO - S": 2.5, "DLA IO - S low": 2.3, "DLA IO - S high": 2.7, "DLA IO": -0.05, "DLA S": -2.55,
+           "attention END->IO": 0.04, "attention END->S1": 0.05, "attention END->S2": 0.66}
+    table = pd.DataFrame([row], index=pd.Index(["L23H3"], name="head"))
+    text = clean(E.head_roles(table, ["L23H3"]).data)
+    assert "**L23H3** writes +2.50 logits to IO − S [+2.30, +2.70]: -0.05 to IO's logit, -2.55 to S's" in text
+    assert "it mostly lowers S's logit. From END it attends S2 most (0.66;" in text
+    assert "no head is left open" in E.head_roles(table, []).data
+
+
+def test_backup_templates_table_and_the_signs_of_the_change():
+    table = pd.DataFrame({"logit diff": [4.6, 5.2, 5.05], "movers ablated": [4.55, 5.55, 5.17],
+                          "change": [-0.05, 0.35, 0.12], "movers' direct contribution": [1.4, 1.4, 1.3],
+                          "made up by the rest": [1.35, 1.75, 1.42]}, index=[0, 1, "pooled"])
+    text = clean(E.backup_templates(table, ["L3H0"]).data)
+    assert "| 0 | 4.60 | 4.55 | -0.05 | 1.40 | +1.35 |" in text
+    assert "changes the logit difference by **+0.12** although they write 1.30 directly" in text
+    assert "positive on 1 template and negative on 1 template of 2" in text
+    assert "nothing to ablate" in E.backup_templates(table, []).data
+
+
+def test_share_definitions_and_faithful_search_and_headline_state_their_numbers():
+    frame = pd.DataFrame({"summed, later layers recomputed": [0.36], "joint, later layers recomputed": [0.348],
+                          "summed, later layers frozen": [0.393], "joint, later layers frozen": [0.395]},
+                         index=pd.Index(["L20H0"], name="sender"))
+    text = E.share_definitions(frame, ["L23H0", "L23H1"]).data
+    assert "| L20H0 | 0.360 | 0.348 | 0.393 | 0.395 |" in text and "from 0.348 to 0.395 (0.047 apart)" in text
+    from helpers.circuits.search import FaithfulSearch
+    found = FaithfulSearch(["L3H0", "L2H3"], {"mean": 0.85, "resample": 0.81}, True, 0.8, 12,
+                           [{"size": 1, "added": "L3H0", "mean": 0.4, "resample": 0.3},
+                            {"size": 2, "added": "L2H3", "mean": 0.85, "resample": 0.81}], 5)
+    text = E.faithful_search(found, ("mean", "resample")).data
+    assert "| 2 | L2H3 | 0.85 | 0.81 |" in text and "**2 heads reach faithfulness 0.80 under both ablations**" in text
+    missed = FaithfulSearch(["L3H0"], {"mean": 0.5, "resample": 0.4}, False, 0.8, 12, [], 3)
+    assert "No set of up to 3 heads from the pool of 3 reaches 0.80" in E.faithful_search(missed, ("mean",)).data
+    faith = pd.DataFrame({"heads": [7, 11, 2], "mean": [0.434, 1.23, 1.182], "resample": [0.368, 1.016, 0.873]},
+                         index=["classes", "classes + open heads", "greedy"])
+    head = E.headline(faith, found, "SmolLM2").data
+    assert "heads of Wang et al.'s classes keep 0.43 (mean) and 0.37 (resample) of the behaviour" in head
+    assert "the class circuit keeps 1.23 (mean) and 1.02 (resample)" in head
+    assert ("has 2 heads: L3H0 and L2H3 (0.85 (mean) and 0.81 (resample) there; 1.18 (mean) and 0.87 "
+            "(resample) on every pooled pair)") in head
+    missed_head = E.headline(faith, missed, "SmolLM2").data
+    assert "No head set of up to 3 heads from the pool of 3 keeps 0.80" in missed_head
+
+
+def test_evidence_is_one_untruncated_table_of_every_class():
+    text = E.evidence([_decision_table()]).data
+    assert "| name mover | L2H3 | 0.04 | 0.03 | +0.40 | [+0.38, +0.42] | no (attention) | 0/4 |" in text
+
+
+def test_backup_templates_figure_has_a_bar_pair_per_template():
+    table = pd.DataFrame({"logit diff": [4.6, 5.2, 5.05], "movers ablated": [4.55, 5.55, 5.17],
+                          "change": [-0.05, 0.35, 0.12], "movers' direct contribution": [1.4, 1.4, 1.3],
+                          "made up by the rest": [1.35, 1.75, 1.42]}, index=[0, 1, "pooled"])
+    fig = F.backup_templates(table, ["L3H0"])
+    check_figure(fig)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["template 0", "template 1", "pooled"]
+    assert [t.get_text() for t in ax.texts] == ["4.60", "4.55", "5.20", "5.55", "5.05", "5.17"]
+
+
+def test_head_set_diagram_names_each_heads_class_or_none_and_feeds_the_logits():
+    fig = F.head_set_diagram(["L3H1", "L2H1"], synthetic_table(), "The set", {"L2H1": "a note"})
+    check_figure(fig)
+    texts = _box_texts(fig)
+    assert "L2H1\nS-inhibition\na note" in texts and "L3H1\nname mover" in texts
+    assert len([p for p in fig.axes[0].patches if not isinstance(p, FancyBboxPatch)]) == 2
+    assert "no class" in _box_texts(F.head_set_diagram(["L0H0"], synthetic_table(), "x"))[0]
+
+
+def test_a_class_present_only_as_a_group_is_compared_and_named_as_such():
+    comp = C.gpt2_comparison(synthetic_table(), 4, {"duplicate token": ["L0H1", "L1H2"]})
+    assert comp.loc["duplicate token", "this model"] == "L0H1, L1H2 (as a group)"
+    assert comp.loc["duplicate token", "depth"] == "0.25-0.50"
+    text = E.comparison(comp).data
+    assert "present only as a group: duplicate token" in text and "not found: negative name mover" in text
+    check_figure(F.depth_comparison(comp, 4))
+
+
+def test_decision_calls_a_head_whose_mean_attention_clears_the_threshold_a_possible_member():
+    t = _decision_table()
+    t.loc[1, "attention"] = 0.35
+    text = E.decision([t], 0.3).data
+    assert "L2H3 fails the attention criterion (attention 0.35" in text and "a possible member" in text
+    assert "a possible member" not in E.decision([_decision_table()], 0.3).data
+
+
+def test_sweep_map_labels_every_row_and_column_and_numbers_the_strongest_cells(real):
+    fig = F.sweep_map(real["heads"], True, "every head", top=5)
+    check_figure(fig)
+    ax = fig.axes[0]
+    g = real["heads"].grid()
+    assert ax.images[0].get_clim() == (-1.0, 1.0)
+    assert [t.get_text() for t in ax.get_yticklabels()] == real["heads"].labels["layer"]
+    if g.numel() > 64:
+        assert len(ax.texts) <= 5
+    else:   # a small map: every cell numbered
+        assert sorted(t.get_text() for t in ax.texts) == sorted(num(v) for v in g.flatten().tolist())

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import helpers as H  # noqa: E402
 from helpers.base.fmt import head_name, num, pct  # noqa: E402
@@ -59,7 +60,7 @@ def test_direct_vs_total_states_both_maps_numbers(results):
     assert not re.search(r"\b\d+\.\d+ (sends|scores)", text)  # heads are L3H0, never 3.0
 
 
-def test_qkv_prose_states_the_percentages_the_maps_show(results):
+def test_qkv_prose_states_the_shares_the_maps_show(results):
     _, _, _, late, into = results
     text = E.qkv(into, late).data
     sums = {}
@@ -67,8 +68,8 @@ def test_qkv_prose_states_the_percentages_the_maps_show(results):
         ch = into[kind].importance()
         l, h = divmod(int(ch.argmax()), ch.shape[1])
         sums[kind] = float(ch.sum())
-        assert f"**{word}**: largest {head_name(l, h)} ({pct(ch[l, h], 1)}), sum over " \
-               f"{ch.numel()} senders {pct(sums[kind], 1)}." in text
+        assert f"**{word}**: largest {head_name(l, h)} ({num(ch[l, h], 3)}), sum over " \
+               f"{ch.numel()} senders {num(sums[kind], 3)}." in text
     best = max(sums, key=lambda k: abs(sums[k]))
     assert E.INPUTS[best] in text.split("\n\n")[-1]
     raw = E.qkv(into, late, normalise=False).data
@@ -97,8 +98,11 @@ def test_figures_have_readable_numbers_and_no_negative_zero(results, which):
     assert not any(re.fullmatch(r"-0(\.0+)?", t.get_text()) for t in texts)
     if which == "direct_vs_total":
         assert len(fig.axes[0].texts) == direct.grid().numel()
-    if which == "qkv_maps":
-        assert [t.get_text() for t in fig.axes[2].texts][:1] == [num(100 * into["v"].importance()[0, 0], 1)]
+    if which == "qkv_maps":  # share of the gap on the fixed -1 .. 1 scale, every cell of a small map numbered
+        value = fig.axes[2]
+        assert [t.get_text() for t in value.texts][:1] == [num(into["v"].importance()[0, 0], 3)]
+        assert len(value.texts) == into["v"].importance().numel()
+        assert all(ax.images[0].get_clim() == (-1.0, 1.0) for ax in fig.axes[:3])
     plt.close(fig)
 
 
@@ -127,3 +131,46 @@ def test_ablations_prose_states_each_kinds_faithfulness_and_verdict():
     assert "**mean ablation**: faithfulness 0.93, completeness gap 1.02: faithful, incomplete" in text
     assert "**resample ablation**: faithfulness 0.50, completeness gap 0.41: not faithful" in text
     assert "disagree (faithfulness differs by 0.43)" in text
+
+
+def test_by_hand_table_puts_each_receivers_hand_value_beside_the_helpers(results, bundled):
+    pairs, _, _, late, _ = results
+    receivers = E.qkv_receivers(H.model_facts(bundled), *late)
+    helper = H.path_patch(bundled, pairs, "L0H3", list(receivers.values()))
+    got = helper.mean("logit_diff").reshape(-1)
+    hand = {k: float(got[i]) + (0.0 if k != "v" else 0.01) for i, k in enumerate(receivers)}
+    table = E.by_hand(receivers, hand, helper)
+    assert list(table.index) == ["query", "key", "value"]
+    assert list(table["receiver"]) == list(receivers.values())
+    assert list(table["same (1e-3)"]) == [True, True, False]     # the value was moved by 0.01
+    assert table.loc["key", "H.path_patch"] == round(float(got[1]), 4)
+
+
+def test_gqa_table_groups_each_shared_key_value_head_with_its_query_heads_and_their_sum():
+    from helpers.results.patch_result import PatchResult
+
+    labels = {"sender": ["L0H0", "L0H1"], "receiver": ["L1KV0.k", "L1H0.k", "L1H1.k", "L1KV1.v", "L1H3.v"]}
+    values = torch.tensor([[[1.0, 2.0, -1.0, 0.5, 0.25], [0.0, -3.0, 4.0, 0.0, 0.0]]])  # one prompt
+    result = PatchResult(site="path", direction="denoise", dims=("sender", "receiver"), labels=labels,
+                         values={"logit_diff": values}, clean={"logit_diff": torch.tensor([2.0])},
+                         corrupted={"logit_diff": torch.tensor([0.5])}, prompts=None, model_name="none")
+    table = E.gqa_table(result, group=2)
+    assert list(table.columns) == ["L1KV0.k", "L1H0.k", "L1H1.k", "sum of L1H0.k, L1H1.k",
+                                   "L1KV1.v", "L1H3.v", "sum of L1H3.v"]
+    assert table.loc["L0H1", "sum of L1H0.k, L1H1.k"] == 0.0 and table.loc["L0H0", "L1H0.k"] == 1.5
+    text = E.gqa_edges(table).data
+    assert "**L1KV0.k**: the largest shared edge is L0H0's (+0.5000)" in text
+    assert "opposite signs for 2 of 2 senders" in text   # L0H0: +1.5 / -1.5; L0H1: -3.5 / +3.5
+
+
+def test_ablations_prose_calls_a_minimality_negative_only_when_it_shows_as_negative():
+    import pandas as pd
+
+    rows = [{"ablation": "mean", "faithfulness": 0.9, "completeness_gap": 0.1, "worst_K": "L1H0",
+             "least_minimality": -0.001, "verdict": "faithful, complete, not minimal"},
+            {"ablation": "resample", "faithfulness": 0.8, "completeness_gap": 0.3, "worst_K": "(none)",
+             "least_minimality": -0.2, "verdict": "faithful, incomplete, not minimal"}]
+    text = E.ablations(pd.DataFrame(rows).set_index("ablation")).data
+    assert "(worst K found: L1H0), least minimality 0.00" in text
+    assert "least minimality -0.20" in text
+    assert "Under resample ablation some member has a *negative* minimality" in text

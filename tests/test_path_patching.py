@@ -319,17 +319,45 @@ def test_bad_input_says_what_was_wrong(bundled64, kwargs, error):
         path_patch(bundled64, pairs, **args)
 
 
-def test_grouped_query_keys_are_named_by_their_key_value_head(random_models):
+def test_grouped_query_keys_are_named_by_their_key_value_head_or_the_query_head_reading_them(
+        random_models):
     model = H.load_model(random_models["llama"], dtype="float64")
     pairs = H.ioi_pairs(model.tokenizer, n=1, seed=3)
-    with pytest.raises(ValueError, match=r"share keys and values \(grouped-query attention, 2 query "
-                                         r"heads per key/value head\): name the key/value head, "
-                                         r"e.g. 'L2KV1.k'"):
-        path_patch(model, pairs, ["L0H0"], ["L2H3.k"])
     with pytest.raises(ValueError, match=r"head=2 is out of range: there are 2 key/value heads"):
         path_patch(model, pairs, ["L0H0"], ["L2KV2.v"])
-    r = path_patch(model, pairs, ["L0H0"], ["L2KV1.k", "L2H3.q"], metrics=("logit_diff",))
-    assert r.labels["receiver"] == ["L2KV1.k", "L2H3.q"]
+    with pytest.raises(ValueError, match=r"head=4 is out of range: there are 4 heads per layer"):
+        path_patch(model, pairs, ["L0H0"], ["L2H4.k"])
+    with pytest.raises(ValueError, match=r"queries belong to query heads"):
+        path_patch(model, pairs, ["L0H0"], ["L2KV0.q"])
+    r = path_patch(model, pairs, ["L0H0"], ["L2KV1.k", "L2H3.q", "L2H3.k"], metrics=("logit_diff",))
+    assert r.labels["receiver"] == ["L2KV1.k", "L2H3.q", "L2H3.k"]
+    assert r.method == "batched"  # a key read by one query head runs batched
+
+
+def test_a_key_or_value_read_by_one_query_head_equals_the_reference_and_differs_from_the_shared_one(
+        random_models):
+    """MIB's ungrouped edge: only the named query head sees the patched keys/values (the
+    reference sets the group's other heads back to the base run in the receiver run)."""
+    from transformers import AutoModelForCausalLM
+
+    model = H.load_model(random_models["llama"], dtype="float64")
+    plain = AutoModelForCausalLM.from_pretrained(random_models["llama"], dtype=torch.float64,
+                                                 attn_implementation="eager").eval()
+    pairs = H.ioi_pairs(model.tokenizer, n=2, seed=3)
+    senders = ["L0H0", "L1H3@S2", "mlp0", "embed"]
+    receivers = {"L2H3.k": ("k", 2, 1, None, 3), "L2H0.v@END": ("v", 2, 0, [pairs.positions["END"]], 0),
+                 "L2H2.k@S2,END": ("k", 2, 1, [pairs.positions["S2"], pairs.positions["END"]], 2)}
+    got = path_patch(model, pairs, senders, list(receivers), method="fast")
+    shared = path_patch(model, pairs, senders, ["L2KV1.k", "L2KV0.v@END", "L2KV1.k@S2,END"])
+    base, src = _runs(pairs, "denoise")
+    worst = 0.0
+    for a, s in enumerate(senders):
+        for b, r in enumerate(receivers.values()):
+            want = _ld(rp.path_patch(plain, "llama", base, src, _node(s, pairs, 3), r), pairs)
+            worst = max(worst, (got.values["logit_diff"][:, a, b] - want).abs().max().item())
+    assert worst < TOL
+    # the other query head of the group no longer sees the patch: a different number
+    assert (got.values["logit_diff"] - shared.values["logit_diff"]).abs().max() > 1e-6
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -401,3 +429,96 @@ def test_fast_equals_batched_for_every_head_and_every_component(random_models, w
     assert one["fast"].dims == ("layer", "head")
     for m in one["fast"].values:
         assert (one["fast"].values[m] - one["batched"].values[m]).abs().max() < TOL
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_joint_receiver_patches_its_parts_in_one_run_as_the_reference_does(random_models, method):
+    """``"A+B"``: one receiver run with both inputs replaced.  The reference: record each part's
+    input in the sender run, then one run replacing all of them (hooks on each part)."""
+    from transformers import AutoModelForCausalLM
+
+    model = H.load_model(random_models["llama"], dtype="float64")
+    plain = AutoModelForCausalLM.from_pretrained(random_models["llama"], dtype=torch.float64,
+                                                 attn_implementation="eager").eval()
+    pairs = H.ioi_pairs(model.tokenizer, n=2, seed=3)
+    joint = ["L2H0.q@END+L2H3.q@END", "L1KV0.v@S2+L2KV1.v@S2", "L2KV1.k+mlp1.in@END"]
+    got = path_patch(model, pairs, ["L0H0", "L0H2@S2", "mlp0"], joint, method=method)
+    assert got.labels["receiver"] == joint and got.method == method
+    base, src = _runs(pairs, "denoise")
+    worst = 0.0
+    for a, s in enumerate(got.labels["sender"]):
+        for b, r in enumerate(joint):
+            parts = [_node(x, pairs, 3) for x in r.split("+")]
+            want = _ld(rp.path_patch_joint(plain, "llama", base, src, _node(s, pairs, 3), parts), pairs)
+            worst = max(worst, (got.values["logit_diff"][:, a, b] - want).abs().max().item())
+    assert worst < TOL
+
+
+def test_with_later_layers_frozen_only_the_receiving_heads_change_reaches_the_logits(random_models):
+    """``later="frozen"``: sender -> receiver -> logits, every other component after the receiver
+    at its base value; a joint receiver adds its parts' changes.  Against the reference."""
+    from transformers import AutoModelForCausalLM
+
+    model = H.load_model(random_models["llama"], dtype="float64")
+    plain = AutoModelForCausalLM.from_pretrained(random_models["llama"], dtype=torch.float64,
+                                                 attn_implementation="eager").eval()
+    pairs = H.ioi_pairs(model.tokenizer, n=2, seed=3)
+    end, s2 = pairs.positions["END"], pairs.positions["S2"]
+    receivers = {"L1H0.q@END": [("q", 1, 0, [end])], "L2KV1.v@S2": [("v", 2, 1, [s2])],
+                 "L2H3.k": [("k", 2, 1, None, 3)],
+                 "L1H2.q@END+L2KV0.k@S2": [("q", 1, 2, [end]), ("k", 2, 0, [s2])]}
+    senders = ["L0H0", "L0H3@S2", "mlp0"]
+    got = path_patch(model, pairs, senders, list(receivers), later="frozen")
+    assert got.method == "batched" and got.later == "frozen"
+    base, src = _runs(pairs, "denoise")
+    worst = 0.0
+    for a, s in enumerate(senders):
+        for b, parts in enumerate(receivers.values()):
+            want = _ld(rp.path_patch_later_frozen(plain, "llama", base, src, _node(s, pairs, 3), parts), pairs)
+            worst = max(worst, (got.values["logit_diff"][:, a, b] - want).abs().max().item())
+    assert worst < TOL
+    # a receiver in the last block has no later layer but its own MLP: frozen differs from recompute
+    live = path_patch(model, pairs, senders, list(receivers))
+    assert (live.values["logit_diff"] - got.values["logit_diff"]).abs().max() > 1e-9
+    with pytest.raises(ValueError, match="q/k/v receivers"):
+        path_patch(model, pairs, senders, ["mlp1.in"], later="frozen")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_joint_sender_moves_its_parts_together_as_the_reference_does(setup, method):
+    """``"A+B"`` as a sender: both parts take their source values in one sender run, every other
+    component frozen.  With the final norm frozen a joint sender -> logits is the sum of its
+    parts' direct contributions (checked on the layer x head grid)."""
+    family, model, plain, pairs = setup
+    groups = ["L0H1+L1H2", "L0H3@S2+mlp0", "attn0+L1H0"]
+    got = path_patch(model, pairs, groups, ["logits", "L2H0.q@END", _kv(family, 2, 1, "v")], method=method)
+    assert got.labels["sender"] == groups
+    base, src = _runs(pairs, "denoise")
+    worst = 0.0
+    for a, s in enumerate(groups):
+        parts = [_node(x, pairs, H.model_facts(model).n_layers) for x in s.split("+")]
+        for b, r in enumerate(got.labels["receiver"]):
+            want = _ld(rp.path_patch(plain, family, base, src, parts, _node(r, pairs, H.model_facts(model).n_layers)), pairs)
+            worst = max(worst, (got.values["logit_diff"][:, a, b] - want).abs().max().item())
+    assert worst < TOL
+    frozen = path_patch(model, pairs, ["L0H1+L1H2", "L0H1", "L1H2"], "logits", final_norm="frozen", method=method)
+    eff = frozen.values["logit_diff"][..., 0] - _base(frozen)[:, None]
+    assert (eff[:, 0] - eff[:, 1] - eff[:, 2]).abs().max() < TOL
+
+
+def test_the_tiny_gqa_llama_is_built_from_its_seed_alone_and_refuses_ndif():
+    state = torch.random.get_rng_state()
+    a, b = H.models.tiny_llama(3), H.models.tiny_llama(3)
+    assert torch.equal(torch.random.get_rng_state(), state)   # the global generator is untouched
+    f = H.model_facts(a)
+    assert (f.family, f.n_layers, f.n_heads, f.n_kv_heads, f.d_model) == ("llama", 2, 4, 2, 64)
+    wa, wb = (H.models.hf_model(m).model.layers[1].self_attn.k_proj.weight for m in (a, b))
+    assert torch.equal(wa, wb) and wa.dtype == torch.float64
+    other = H.models.hf_model(H.models.tiny_llama(4)).model.layers[1].self_attn.k_proj.weight
+    assert not torch.equal(wa, other)
+    pairs = H.ioi_pairs(a.tokenizer, n=2)
+    assert path_patch(a, pairs, "L0H1", "L1H3.v").labels["receiver"] == ["L1H3.v"]
+    with pytest.raises(H.ModelLoadError, match="NDIF cannot run it"):
+        H.models.tiny_llama(remote=True)
+    with pytest.raises(ValueError, match="must be a multiple of n_kv_heads"):
+        H.models.tiny_llama(n_heads=3, n_kv_heads=2)

@@ -1,9 +1,13 @@
 """The circuits layer: from results about components to claims about a circuit.
 
 Holds ``evaluation`` (a circuit's faithfulness, completeness and minimality under an
-ablation), ``search`` (a minimal circuit by greedy joint patching), ``ioi_classes`` (Wang et
-al.'s IOI head classes with numeric criteria, the staged search) and ``readouts`` (attention
-along the IOI routes, direct logit attribution, the backup test); for circuits of edges
+ablation), ``search`` (a minimal circuit by greedy joint patching; the greedy faithful head set
+under ablation), ``ioi_classes`` (Wang et al.'s IOI head classes with numeric criteria, and the
+whole staged search re-exported in one place), ``readouts`` (attention along the IOI routes,
+direct logit attribution, the backup test), ``pooled`` (prompt pairs pooled over templates and
+orders, decisions on bootstrap intervals), ``stages`` (the staged search's receivers,
+candidates, decisions, group tests), ``roles`` (what the heads outside the classes do, backups per
+template, path-share definitions) and ``behaviour`` (the behaviour per template); for circuits of edges
 (MIB's graph): ``edge_circuits`` (circuits, MIB's top-n and pruning), ``edge_evaluation``
 (edge-level ablation, MIB's faithfulness curve, CPR, CMD), ``truth`` (precision / recall and ROC
 AUC against a known circuit) and ``mib_format`` (MIB's circuit JSON).  May import

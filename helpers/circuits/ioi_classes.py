@@ -42,24 +42,36 @@ import torch
 
 from helpers.base.fmt import head_name, parse_head
 from helpers.base.validate import norm_index
+from helpers.circuits.behaviour import Behaviour, behaviour
 from helpers.circuits.evaluation import compare_ablations
+from helpers.circuits.pooled import N_BOOT, PairGroups, Pooled, pair_groups
+from helpers.circuits.search import FaithfulSearch, faithfulness_table, greedy_faithful
+from helpers.circuits.roles import (BackupTest, ablation_table, backup_by_template, head_roles,
+                                    knockout_table, share_definitions)
+from helpers.circuits.stages import (PooledReadout, candidates, decide, evidence_table, group_matters,
+                                     group_paths, joint_receiver,
+                                     pooled_ablation, pooled_attention, pooled_dla, pooled_path_table,
+                                     pooled_paths, pooled_readout, random_sets, unexplained)
 from helpers.methods.ablations import AblationKind
 from helpers.circuits.readouts import (ROUTES, Backup, attention_to_roles, backup_test,
                                        direct_logit_attribution, pairs_logit_diff)
-from helpers.data.prompts import (NAMES, OBJECTS, PLACES, TEMPLATES, random_ioi_prompts,
-                                  single_token_words)
 from helpers.engine.runs import Patch
-from helpers.methods.observe import ioi_per_prompt
 from helpers.methods.sweeps import sweep
 from helpers.models.loaded import handle
 from helpers.results.patch_result import PatchResult
-from helpers.results.stats import bootstrap_indices, percentile_interval, resampled_means
 
 __all__ = ["CLASSES", "GPT2_SMALL", "HeadClass", "Behaviour", "behaviour", "classify", "criteria_table",
            "compare_circuits", "gpt2_comparison", "head_grid", "heads_by_position", "members", "top_heads", "unclassified", "pick_head", "receivers", "stage",
-           # re-exported from helpers.circuits.readouts, so a chapter finds the whole search in one place
+           "CLASS",
+           # re-exported, so a chapter finds the whole search in one place: helpers.circuits.readouts,
+           # .pooled, .stages, .behaviour and the greedy faithfulness search
            "ROUTES", "Backup", "attention_to_roles", "backup_test", "direct_logit_attribution",
-           "pairs_logit_diff"]
+           "pairs_logit_diff", "N_BOOT", "PairGroups", "Pooled", "pair_groups", "candidates", "decide",
+           "joint_receiver", "pooled_ablation", "pooled_attention", "pooled_dla", "pooled_paths",
+           "pooled_path_table", "pooled_readout", "PooledReadout", "random_sets", "FaithfulSearch",
+           "greedy_faithful", "faithfulness_table", "BackupTest", "ablation_table", "backup_by_template", "head_roles",
+           "knockout_table", "share_definitions", "group_paths", "unexplained", "group_matters",
+           "evidence_table"]
 
 GPT2_SMALL = {  # Wang et al. 2022, Figure 2 (GPT-2 small, 12 blocks): (block, head)
     "name mover": [(9, 9), (10, 0), (9, 6)],
@@ -97,6 +109,10 @@ CLASSES = (
     HeadClass("previous token", "S1+1", "S1", "paths into the induction keys @S1+1 (ABC, noising)"),
     HeadClass("backup name mover", "END", "IO", "rise of its direct logit attribution, name movers ablated"),
 )
+
+
+#: the classes by name
+CLASS = {c.name: c for c in CLASSES}
 
 
 def criteria_table(min_attention: float = 0.3, min_share: float = 0.05) -> Any:
@@ -210,9 +226,10 @@ def members(table: Any, name: str) -> list[str]:
     return list(table[(table["class"] == name) & table["member"]]["head"])
 
 
-def gpt2_comparison(table: Any, n_layers: int) -> Any:
+def gpt2_comparison(table: Any, n_layers: int, groups: dict[str, Sequence[str]] | None = None) -> Any:
     """Each class's members here beside GPT-2 small's (``GPT2_SMALL``), with the blocks as a
-    fraction of depth ((block + 1) / n_layers: 1.0 = the last block)."""
+    fraction of depth ((block + 1) / n_layers: 1.0 = the last block); ``groups``: classes with no
+    single member that are present as a group (class -> heads), listed as "... (as a group)"."""
     import pandas as pd
 
     def depth(blocks: Sequence[int], n: int) -> str:
@@ -221,57 +238,15 @@ def gpt2_comparison(table: Any, n_layers: int) -> Any:
     rows = []
     for c in CLASSES:
         here = members(table, c.name)
+        grouped = not here and bool((groups or {}).get(c.name))
+        here = here or list((groups or {}).get(c.name, []))
         theirs = [head_name(*lh) for lh in GPT2_SMALL[c.name]]
-        rows.append({"class": c.name, "this model": ", ".join(here) or "none found",
+        rows.append({"class": c.name,
+                     "this model": (", ".join(here) + (" (as a group)" if grouped else "")) or "none found",
                      "depth": depth([parse_head(h)[0] for h in here], n_layers),
                      "GPT-2 small": ", ".join(theirs),
                      "GPT-2 depth": depth([lh[0] for lh in GPT2_SMALL[c.name]], GPT2_SMALL_LAYERS)})
     return pd.DataFrame(rows).set_index("class")
-
-
-@dataclass(frozen=True)
-class Behaviour:
-    """IOI behaviour over ``n`` prompts: rates and the mean logit difference with 95 % bootstrap
-    intervals (``(low, high)``)."""
-
-    n: int
-    top1: float
-    top1_ci: tuple[float, float]
-    io_over_s: float
-    io_over_s_ci: tuple[float, float]
-    logit_diff: float
-    logit_diff_ci: tuple[float, float]
-
-    def table(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame([
-            {"measure": "IO is the top-1 next token", "value": self.top1, "ci_low": self.top1_ci[0],
-             "ci_high": self.top1_ci[1]},
-            {"measure": "IO's logit above S's", "value": self.io_over_s,
-             "ci_low": self.io_over_s_ci[0], "ci_high": self.io_over_s_ci[1]},
-            {"measure": "mean logit difference IO - S", "value": self.logit_diff,
-             "ci_low": self.logit_diff_ci[0], "ci_high": self.logit_diff_ci[1]}]).set_index("measure")
-
-
-def behaviour(model: Any, n: int = 150, seed: int = 0, n_boot: int = 1000) -> Behaviour:
-    """IOI behaviour on ``n`` random prompts over every template in ``helpers.TEMPLATES`` and both
-    name orders (``random_ioi_prompts``; names, places and objects that are one token for this
-    tokenizer), with seeded percentile-bootstrap intervals (``n_boot`` resamples)."""
-    mh = handle(model)
-
-    tok = mh.tokenizer
-    prompts = random_ioi_prompts(n, seed=seed, templates=TEMPLATES, names=single_token_words(tok, NAMES),
-                                 places=single_token_words(tok, PLACES),
-                                 objects=single_token_words(tok, OBJECTS))
-    per = ioi_per_prompt(mh, prompts)
-    idx = bootstrap_indices(n, n_boot, seed)
-    out: list[Any] = []
-    for key in ("top1", "io_over_s", "logit_diff"):
-        x = per[key].numpy()
-        lo, hi = percentile_interval(resampled_means(x, idx))
-        out += [float(x.mean()), (float(lo), float(hi))]
-    return Behaviour(n, *out)
 
 
 def pick_head(direct: PatchResult, movers: Sequence[str], layer: int | None = None,

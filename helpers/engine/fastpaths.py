@@ -22,8 +22,8 @@ and unembedding of ``final stream + delta`` at the last position.
 **The receiver run** is ``helpers.engine.fastpatch.run_rows``: each row starts at the receiver's block
 from the cached base stream and at the first position its recorded input differs from the base
 run's (its positions that are also the sender's, from the first difference on), with the
-recorded value patched into the query / key/value head's columns or the MLP's input; a row with
-no such position is the base run.  Only the two logits are computed with ``columns``.
+recorded value patched into the query / key/value head's columns or the MLP's input (a joint
+receiver: every part's, each where its block comes); a row with no such position is the base run.  Only the two logits are computed with ``columns``.
 
 Exact: the same arithmetic as the batched method up to rounding (``tests/test_path_patching.py``
 checks both against the plain-hooks reference within 1e-10 in float64, every receiver kind).
@@ -95,58 +95,76 @@ def _frozen_norm(norm: dict, dev: torch.device) -> Any:
 def _deltas(blocks: Blocks, base: Cache, source: Cache, senders: list, pair_idx: torch.Tensor,
             fd: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's change of the residual stream at positions ``fd .. seq-1``, ``[rows, W,
-    d_model]``, and where it acts (the sender's positions there), ``[rows, W]`` bool."""
+    d_model]`` (a joint sender: the sum of its parts' changes, exact since every other component
+    is frozen), and where it acts (any part's positions there), ``[rows, W]`` bool."""
     f, dev = blocks.f, pair_idx.device
+    items = [(r, part) for r, s in enumerate(senders) for part in getattr(s, "pieces", (s,))]
     acts = torch.zeros(len(senders), seq, dtype=torch.bool, device=dev)
-    for r, s in enumerate(senders):
+    part_acts = torch.zeros(len(items), seq, dtype=torch.bool, device=dev)
+    for n, (r, s) in enumerate(items):
         acts[r, s.pos(seq)] = True
-    acts = acts[:, fd:]
+        part_acts[n, s.pos(seq)] = True
+    acts, part_acts = acts[:, fd:], part_acts[:, fd:]
     delta, groups = None, {}
-    for r, s in enumerate(senders):  # rows by the cached activation their change comes from
+    for n, (_, s) in enumerate(items):  # parts by the cached activation their change comes from
         key = ("embed", None) if s.kind == "embed" else ("mlp" if s.kind == "mlp" else "head", s.layer)
-        groups.setdefault(key, []).append(r)
-    for key, rows in groups.items():
-        rows = torch.tensor(rows, device=dev)
-        pairs = pair_idx[rows]
-        change = (source[key].to(dev)[pairs, fd:] - base[key].to(dev)[pairs, fd:]) * acts[rows, :, None]
+        groups.setdefault(key, []).append(n)
+    row_of = torch.tensor([r for r, _ in items], device=dev)
+    for key, ns in groups.items():
+        ns = torch.tensor(ns, device=dev)
+        pairs = pair_idx[row_of[ns]]
+        change = (source[key].to(dev)[pairs, fd:] - base[key].to(dev)[pairs, fd:]) * part_acts[ns, :, None]
         if key[0] == "head":  # keep the sender head's columns, then through the output projection
-            keep = torch.ones(len(rows), change.shape[-1], dtype=change.dtype, device=dev)
-            for n, r in enumerate(rows.tolist()):
-                if senders[r].kind == "head":
-                    keep[n] = 0
-                    keep[n, senders[r].head * f.d_head:(senders[r].head + 1) * f.d_head] = 1
+            keep = torch.ones(len(ns), change.shape[-1], dtype=change.dtype, device=dev)
+            for m, n in enumerate(ns.tolist()):
+                if items[n][1].kind == "head":
+                    head = items[n][1].head
+                    keep[m] = 0
+                    keep[m, head * f.d_head:(head + 1) * f.d_head] = 1
             change = blocks.o_proj(key[1], change * keep[:, None]) - blocks.o_proj(
                 key[1], change.new_zeros(1, change.shape[-1]))
         if delta is None:
             delta = change.new_zeros(len(senders), *change.shape[1:-1], f.d_model)
-        delta[rows] = change
+        delta.index_add_(0, row_of[ns], change)
     return delta, acts
 
 
 def _receiver(mh: ModelHandle, blocks: Blocks, cache: BaseCache, base: Cache, r: Any, delta: torch.Tensor,
               acts: torch.Tensor, pair_idx: torch.Tensor, fd: int, cols: torch.Tensor | None,
               frozen: Any) -> torch.Tensor:
-    """Last-position logits of the receiver runs of one q/k/v or MLP-input receiver ``r``."""
-    f, seq, layer = blocks.f, delta.shape[1] + fd, r.layer
-    pos = torch.tensor([p for p in r.pos(seq) if p >= fd], dtype=torch.long, device=delta.device)
-    live = acts[:, pos - fd] if len(pos) else acts[:, :0]  # [rows, P]: the input differs there
+    """Last-position logits of the receiver runs of one q/k/v or MLP-input receiver ``r`` (or a
+    joint receiver: every part of ``r.pieces`` patched in the same run)."""
+    f, seq = blocks.f, delta.shape[1] + fd
     logits = cache.logits[pair_idx]  # the base run's, where the input does not change
     logits = logits if cols is None else logits.gather(1, cols)
-    moved = live.any(1).nonzero()[:, 0]
+    parts = []  # (part, its positions from fd on, [rows, P] where its input differs)
+    for x in r.pieces:
+        pos = torch.tensor([p for p in x.pos(seq) if p >= fd], dtype=torch.long, device=delta.device)
+        parts.append((x, pos, acts[:, pos - fd] if len(pos) else acts[:, :0]))
+    moved = torch.stack([live.any(1) for _, _, live in parts]).any(0).nonzero()[:, 0]
     if not len(moved):
         return logits
     pairs = pair_idx[moved]
-    x = cache.resid[pairs, layer][:, pos] + delta[moved][:, pos - fd]  # [rows, P, d_model]
-    if r.kind == "mlp_in":  # the stream after the block's attention, through the MLP's norm
-        attn = blocks.o_proj(layer, base[("head", layer)].to(x.device)[pairs][:, pos])
-        x = blocks.norms(layer)[1](x + attn)
-    else:  # the q/k/v projection's columns, before rotary positions
-        x = f.qkv_module(blocks.hf, layer, r.kind)(blocks.norms(layer)[0](x))[..., r.columns(f)]
-    inputs = [(n, pos[live[m]].tolist(), None if r.kind == "mlp_in" else r.head, x[n][live[m]])
-              for n, m in enumerate(moved.tolist())]
-    got = run_rows(mh, cache, {}, [[] for _ in inputs], [layer] * len(inputs),
-                   [min(q) for _, q, _, _ in inputs], pairs, None if cols is None else cols[moved],
-                   {(r.kind, layer): inputs}, frozen)
+    inputs: dict = {}
+    first_l, first_p = [f.n_layers] * len(moved), [seq] * len(moved)  # each row's first change
+    for x, pos, live in parts:
+        if not live[moved].any():
+            continue
+        layer = x.layer
+        h = cache.resid[pairs, layer][:, pos] + delta[moved][:, pos - fd]  # [rows, P, d_model]
+        if x.kind == "mlp_in":  # the stream after the block's attention, through the MLP's norm
+            attn = blocks.o_proj(layer, base[("head", layer)].to(h.device)[pairs][:, pos])
+            h = blocks.norms(layer)[1](h + attn)
+        else:  # the q/k/v projection's columns, before rotary positions
+            h = f.qkv_module(blocks.hf, layer, x.kind)(blocks.norms(layer)[0](h))[..., x.columns(f)]
+        for n, m in enumerate(moved.tolist()):
+            where = pos[live[m]].tolist()
+            if where:
+                inputs.setdefault((x.kind, layer), []).append(
+                    (n, where, None if x.kind == "mlp_in" else x.head, h[n][live[m]]))
+                first_l[n], first_p[n] = min(first_l[n], layer), min(first_p[n], min(where))
+    got = run_rows(mh, cache, {}, [[] for _ in moved], first_l, first_p,
+                   pairs, None if cols is None else cols[moved], inputs, frozen)
     logits[moved] = got
     return logits
 

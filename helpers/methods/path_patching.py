@@ -18,7 +18,12 @@ from the clean one (the *source* run); **noising** the reverse.  Sender S -> rec
      columns of the q/k/v projection's output (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``,
      Llama-style ``q_proj`` / ``k_proj`` / ``v_proj``), before rotary positions and q/k norms.  With
      grouped-query attention keys and values belong to *key/value heads*, each shared by
-     ``n_heads / n_kv_heads`` query heads: ``"L3KV0.k"`` (``"L3H1.k"`` is refused);
+     ``n_heads / n_kv_heads`` query heads, and "an edge into a head's keys" has two meanings:
+     ``"L3KV0.k"``, the key/value head's input as every query head of its group reads it (one
+     patch, all of them see it), and ``"L3H1.k"``, the keys *as read by query head 1 only* (as
+     MIB scores edges, key/value heads ungrouped): in the receiver run the other query heads of
+     the group get their base-run outputs back, so only head 1 sees the patched keys (the
+     batched method runs these);
    * ``"mlp2.in"``: the input of block 2's MLP module, i.e. after the MLP's own norm (GPT-2
      ``ln_2``, Llama ``post_attention_layernorm``, Gemma ``pre_feedforward_layernorm``) of the
      stream after the block's attention (GPT-NeoX's parallel residual: of the block's input);
@@ -28,10 +33,18 @@ from the clean one (the *source* run); **noising** the reverse.  Sender S -> rec
    unembedding of the recorded stream: the sender run's own logits.
 
 Senders: ``"embed"``, a head ``"L0H3"``, all heads of a block ``"attn2"``, an MLP ``"mlp2"``;
-``"heads"`` / ``"all"``: every head / component before every receiver.  A q/k/v receiver in block L
+``"heads"`` / ``"all"``: every head / component before every receiver; ``"L5H6+L8H1"`` a group
+whose members take their source values together (one sender, e.g. redundant heads).  A q/k/v receiver in block L
 takes senders from earlier blocks, an MLP receiver also its own block's heads (not with a parallel
 residual).  Positions (indices or roles) restrict either side: ``"L0H3@S2"``, ``"L3H0.q@END"``,
 ``"mlp1@3,4"`` (default: every position); ``"logits"`` takes none.
+
+``later="frozen"`` (q/k/v receivers): in the receiver run only the receiving heads recompute (a
+query: that query head; a shared key/value head: every query head of its group; ``"L3H1.k"``:
+head 1), and their output change at the last position goes straight into the final stream:
+every other head and MLP after them keeps its base value (a joint receiver: each part alone,
+the changes added).  The path is then sender -> receiver -> logits and nothing else; with
+``"recompute"`` (default, Wang et al.) everything after the receiver recomputes.  Batched.
 
 ``final_norm="frozen"`` holds the final norm's scale at the base run's in every patched run:
 ``N(x) = N(x_base) + J(x - x_base)``, ``J(d) = (d - mean d) * w / s_base``, ``s_base`` the base run's
@@ -59,13 +72,14 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from helpers.base.validate import as_count, check_finite, norm_index
+from helpers.base.validate import as_count, norm_index
 from helpers.data.prompts import PromptPairs
 from helpers.engine.fastpatch import supports_fast_path
 from helpers.engine.fastpaths import path_logits
 from helpers.engine.memory import sweep_budget_mb
 from helpers.engine.runs import cache_activations, check_pairs
-from helpers.models.loaded import ModelHandle, handle
+from helpers.methods.path_runs import frozen_receiver_run, receiver_run, sender_run
+from helpers.models.loaded import handle
 from helpers.results.metrics import METRICS, Metric, metrics_of
 from helpers.results.patch_result import PatchResult
 
@@ -82,6 +96,13 @@ class _Node:
     positions: tuple[int, ...] | None
     label: str
     order: tuple[int, int]  # forward order: a sender must come before its receiver
+    query_head: int | None = None  # k/v read by this query head only (grouped-query attention)
+    parts: tuple = ()  # a joint receiver's parts, patched together in one receiver run
+
+    @property
+    def pieces(self) -> tuple:
+        """The receivers patched in this node's receiver run: its parts, or itself."""
+        return self.parts or (self,)
 
     def pos(self, seq: int) -> list[int]:
         return list(range(seq)) if self.positions is None else list(self.positions)
@@ -99,7 +120,7 @@ _SENDER = re.compile(r"L(-?\d+)H(-?\d+)|(attn|mlp)(-?\d+)|embed")
 _RECEIVER = re.compile(r"L(-?\d+)(H|KV)(-?\d+)\.([qkv])|mlp(-?\d+)\.in|logits")
 _FORMS = {True: "'embed', a head 'L0H3', all heads of a block 'attn2', an MLP 'mlp2', or 'heads' / "
                 "'all'", False: "a head's input 'L3H0.q' / '.k' / '.v' (grouped-query attention: "
-                "key/value head 'L3KV0.k'), an MLP's input 'mlp2.in', or 'logits'"}
+                "a key/value head's 'L3KV0.k'), an MLP's input 'mlp2.in', or 'logits'"}
 
 
 def _positions(spec: Positions, pairs: PromptPairs, what: str) -> tuple[tuple[int, ...] | None, str]:
@@ -142,13 +163,12 @@ def _parse(item: Any, default_pos: Positions, pairs: PromptPairs, f: Any, sender
         return _Node("embed", -1, None, positions, f"embed{at}", (-1, 0))
     if g[0] is not None:
         kind, shared = g[3], f.n_kv_heads < f.n_heads and g[3] != "q"
-        if shared and g[1] == "H":
-            raise ValueError(
-                f"receiver {name!r}: this model's query heads share keys and values (grouped-query "
-                f"attention, {f.n_heads // f.n_kv_heads} query heads per key/value head): name the "
-                f"key/value head, e.g. 'L{layer}KV{int(g[2]) * f.n_kv_heads // f.n_heads}.{kind}'")
         if g[1] == "KV" and kind == "q":
             raise ValueError(f"receiver {name!r}: queries belong to query heads: write 'L{layer}H0.q'")
+        if shared and g[1] == "H":  # the key/value head's input as read by this query head only
+            head = norm_index(int(g[2]), f.n_heads, "head", "heads per layer")
+            return _Node(kind, layer, head * f.n_kv_heads // f.n_heads, positions,
+                         f"L{layer}H{head}.{kind}{at}", (layer, 0), head)
         head = norm_index(int(g[2]), f.n_kv_heads if shared else f.n_heads, "head",
                           "key/value heads per layer" if shared else "heads per layer")
         label = f"L{layer}{'KV' if shared else 'H'}{head}.{kind}{at}"
@@ -161,11 +181,36 @@ def _parse(item: Any, default_pos: Positions, pairs: PromptPairs, f: Any, sender
     return _Node("logits", f.n_layers, None, None, "logits", (f.n_layers, 0))
 
 
+def _joint(item: str, default_pos: Positions, pairs: PromptPairs, f: Any, sender: bool = False) -> _Node:
+    """A joint receiver ``"L23H0.q@END+L23H1.q@END"`` (its parts patched together in one receiver
+    run) or a joint sender ``"L5H6+L8H1"`` (its parts take their source values together)."""
+    pieces = item.split("+")
+    odd = next((i for i, x in enumerate(pieces[1:], 1) if not x.strip()[:1].isalpha()), None)
+    if odd is not None and "@" in pieces[odd - 1]:  # "@S1+1": a position arithmetic, not a join
+        raise ValueError(f"{'sender' if sender else 'receiver'} {item!r}: '+' joins components, and "
+                         f"'{pieces[odd - 1].partition('@')[2]}+{pieces[odd]}' is not a role of these "
+                         f"prompts (roles: {sorted(pairs.positions)}): give the token index instead, e.g. "
+                         f"'@{pairs.positions.get('S1', 0) + 1}' for the token after S1")
+    parts = tuple(_parse(x.strip(), default_pos, pairs, f, sender) for x in pieces)
+    labels = [x.label for x in parts]
+    if len(set(labels)) < len(labels) or any(x.kind in ("logits", "embed") for x in parts):
+        raise ValueError(f"joint {'sender' if sender else 'receiver'} {item!r}: join distinct "
+                         + ("heads, attention or MLP outputs" if sender else
+                            "head or MLP inputs, without 'logits' (every path ends there anyway)")
+                         + " with '+'")
+    if sender:  # it must come before a receiver as a whole: its latest part counts
+        return _Node("joint", max(x.layer for x in parts), None, None, "+".join(labels),
+                     max(x.order for x in parts), parts=parts)
+    return _Node("joint", min(x.layer for x in parts), None, None, "+".join(labels),
+                 min(x.order for x in parts), parts=parts)
+
+
 def _plan(pairs: PromptPairs, f: Any, senders: Any, receivers: Any, sender_positions: Positions,
           receiver_positions: Positions) -> tuple[list[_Node], list[_Node]]:
     """The checked senders and receivers (every sender before every receiver)."""
     receivers = [receivers] if isinstance(receivers, str) else list(receivers)
-    recv = [_parse(r, receiver_positions, pairs, f, False) for r in receivers]
+    recv = [_joint(r, receiver_positions, pairs, f) if isinstance(r, str) and "+" in r
+            else _parse(r, receiver_positions, pairs, f, False) for r in receivers]
     if not recv:
         raise ValueError("no receivers: give at least one, e.g. 'logits'")
     send: list[_Node] = []
@@ -176,6 +221,8 @@ def _plan(pairs: PromptPairs, f: Any, senders: Any, receivers: Any, sender_posit
                 for x in [f"L{L}H{h}" for h in range(f.n_heads)] + ([f"mlp{L}"] if s == "all" else [])]
             nodes = [_parse(x, sender_positions, pairs, f, True) for x in names]
             send += [x for x in nodes if x.order < min(r.order for r in recv)]
+        elif isinstance(s, str) and "+" in s:
+            send.append(_joint(s, sender_positions, pairs, f, sender=True))
         else:
             send.append(_parse(s, sender_positions, pairs, f, True))
     if not send:
@@ -194,15 +241,12 @@ def _plan(pairs: PromptPairs, f: Any, senders: Any, receivers: Any, sender_posit
     return send, recv
 
 
-def _module(mh: ModelHandle, f: Any, slot: tuple[int, int]) -> Any:
-    return f.mlp(mh.model, slot[0]) if slot[1] == 3 else f.qkv_module(mh.model, slot[0], "qkv"[slot[1]])
-
-
 def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
                receivers: str | Sequence[str],
                direction: Literal["denoise", "noise"] = "denoise", *,
                sender_positions: Positions = None, receiver_positions: Positions = None,
                final_norm: Literal["live", "frozen"] = "live", method: Literal["fast", "batched"] = "fast",
+               later: Literal["recompute", "frozen"] = "recompute",
                metrics: Sequence[Metric] = METRICS, metric: Metric = "logit_diff",
                memory_mb: float | None = None, batch_size: int | None = None) -> PatchResult:
     """Path patching from every sender to every receiver (the module docstring defines it).
@@ -218,7 +262,8 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
     mh = handle(model)
     for name, value, allowed in (("direction", direction, ("denoise", "noise")),
                                  ("method", method, ("batched", "fast")),
-                                 ("final_norm", final_norm, ("live", "frozen"))):
+                                 ("final_norm", final_norm, ("live", "frozen")),
+                                 ("later", later, ("recompute", "frozen"))):
         if value not in allowed:
             raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, got {value!r}")
     if not metrics or set(metrics) - set(METRICS) or metric not in metrics:
@@ -231,8 +276,9 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
     f = mh.anatomy
     send, recv = _plan(pairs, f, senders, receivers, sender_positions, receiver_positions)
     batch_size = None if batch_size is None else as_count(batch_size, "batch_size")
-    if method == "fast" and not supports_fast_path(mh, pairs.seq_len):
-        method = "batched"  # the fast path computes GPT-2's and Llama-style blocks only
+    if method == "fast" and (not supports_fast_path(mh, pairs.seq_len) or later == "frozen"
+                             or any(x.query_head is not None for r in recv for x in r.pieces)):
+        method = "batched"  # the fast path computes GPT-2's and Llama-style blocks, shared k/v only
 
     n, seq = len(pairs), pairs.seq_len
     base_ids, src_ids = ((pairs.corrupted_ids, pairs.clean_ids) if direction == "denoise"
@@ -247,6 +293,12 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
             x, y = mod.input.clone().save(), mod.output.clone().save()
         centre, scale = f.norm_linear_part(f.final_norm(mh.hf), x)
         norm = {"x": x, "y": y, "centre": centre, "scale": scale}
+    final_x = None
+    if later == "frozen":  # the base run's final stream at the last position, [n, d_model]
+        mod, ids = f.final_norm(mh.model), base_ids.to(mh.device)
+        with torch.no_grad(), mh.model.trace(ids, logits_to_keep=1, use_cache=False):
+            last = mod.input[:, -1].clone().save()
+        final_x = last
     two = metrics == ("logit_diff",)  # then only the answer and distractor logits are read
     cols = torch.stack([pairs.answer_ids, pairs.distractor_ids], 1)
 
@@ -259,7 +311,7 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
     size = torch.finfo(f.dtype).bits // 8  # bytes per row: a forward, frozen values, reads
     forward = size * (seq * (8 * f.d_model + 4 * f.n_heads * seq) + 3 * f.vocab_size)
     frozen = size * seq * f.n_layers * (f.n_heads * f.d_head + f.d_model)
-    slots = sorted({r.slot(f) for r in recv if r.kind != "logits"})
+    slots = sorted({x.slot(f) for r in recv for x in r.pieces if r.kind != "logits"})
     read = size * seq * len(slots) * 3 * max(f.d_model, f.n_heads * f.d_head)
     budget = memory_mb if memory_mb is not None else sweep_budget_mb(base_logits.device)
 
@@ -273,24 +325,28 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
         for cells in path_logits(mh, base_ids, base, src, send, recv, pairs.first_difference,
                                  chunks(jobs, forward), norm, cols if two else None):
             store(*cells)
-    recorded: dict[int, torch.Tensor] = {}  # receiver -> [n, n_senders, positions, width]
+    recorded: dict[tuple, torch.Tensor] = {}  # (receiver, part) -> [n, n_senders, positions, width]
     for chunk in chunks(jobs, forward + frozen + read) if method == "batched" else []:
         pair_idx, snd_idx = torch.tensor([i for i, _ in chunk]), torch.tensor([k for _, k in chunk])
-        outs, logits = _sender_run(mh, f, base_ids[pair_idx], base, src, pair_idx,
+        outs, logits = sender_run(mh, f, base_ids[pair_idx], base, src, pair_idx,
                                    [send[k] for _, k in chunk], slots, norm,
                                    cols[pair_idx] if two else None)
         for j, r in enumerate(recv):
             if r.kind == "logits":
                 store(pair_idx, snd_idx, j, logits)
                 continue
-            out = outs[r.slot(f)][:, r.pos(seq), r.columns(f)]
-            if j not in recorded:
-                recorded[j] = torch.zeros(n, len(send), *out.shape[1:], dtype=out.dtype)
-            recorded[j][pair_idx, snd_idx] = out.cpu()
-    for chunk in chunks([(i, k, j) for j in recorded for k in range(len(send)) for i in range(n)], forward):
+            for q, x in enumerate(r.pieces):
+                out = outs[x.slot(f)][:, x.pos(seq), x.columns(f)]
+                if (j, q) not in recorded:
+                    recorded[(j, q)] = torch.zeros(n, len(send), *out.shape[1:], dtype=out.dtype)
+                recorded[(j, q)][pair_idx, snd_idx] = out.cpu()
+    patched = sorted({j for j, _ in recorded})
+    for chunk in chunks([(i, k, j) for j in patched for k in range(len(send)) for i in range(n)], forward):
         pair_idx = torch.tensor([i for i, _, _ in chunk])
-        logits = _receiver_run(mh, f, base_ids[pair_idx], pair_idx, chunk, recv, recorded,
-                               norm, cols[pair_idx] if two else None)
+        run = receiver_run if final_x is None else (
+            lambda *a: frozen_receiver_run(*a[:8], final_x, *a[8:]))
+        logits = run(mh, f, base_ids[pair_idx], pair_idx, chunk, recv, recorded, base,
+                     norm, cols[pair_idx] if two else None)
         store(pair_idx, torch.tensor([k for _, k, _ in chunk]), torch.tensor([j for _, _, j in chunk]), logits)
 
     k = len(send) // f.n_heads
@@ -307,93 +363,5 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
                          values={m: v.reshape(n, *(len(labels[d]) for d in dims)) for m, v in values.items()},
                          clean=clean_m, corrupted=bad_m,
                          prompts=pairs, model_name=f.name, method=method, metric=metric)
-    result.remote, result.final_norm = False, final_norm
+    result.remote, result.final_norm, result.later = False, final_norm, later
     return result
-
-
-def _sender_run(mh: ModelHandle, f: Any, ids: torch.Tensor, base: dict, src: dict,
-                pair_idx: torch.Tensor, senders: list[_Node], slots: list[tuple[int, int]],
-                norm: dict | None, cols: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
-    """One trace of ``ids`` ``[rows, seq]``: row r runs pair ``pair_idx[r]`` with sender
-    ``senders[r]`` from the source run and every other head and MLP frozen at the base run.
-    Returns ({slot: the receivers' module output or MLP input ``[rows, seq, width]``}, the
-    last-position logits ``[rows, vocab]``, or ``[rows, 2]`` with ``cols``)."""
-    device, seq, dh = mh.device, ids.shape[1], f.d_head
-    ops: list[tuple] = []  # (input or output, set / read / patch, module envoy, value), in order
-    if any(s.kind == "embed" for s in senders):
-        emb = base[("embed", None)][pair_idx].clone()
-        for r, s in enumerate(senders):
-            if s.kind == "embed":
-                emb[r, s.pos(seq)] = src[("embed", None)][pair_idx[r], s.pos(seq)]
-        ops.append(("in", "set", f.block(mh.model, 0), emb.to(device)))
-    for layer in range(f.n_layers):
-        z, mlp = base[("head", layer)][pair_idx].clone(), base[("mlp", layer)][pair_idx].clone()
-        for r, s in enumerate(senders):
-            p = s.pos(seq)
-            if s.layer == layer and s.kind == "mlp":
-                mlp[r, p] = src[("mlp", layer)][pair_idx[r], p]
-            elif s.layer == layer and s.kind in ("head", "attn"):
-                c = slice(None) if s.kind == "attn" else slice(s.head * dh, (s.head + 1) * dh)
-                z[r, p, c] = src[("head", layer)][pair_idx[r], p, c]
-        ops += [("out", "read", _module(mh, f, sl), sl) for sl in slots if sl[0] == layer and sl[1] < 3]
-        ops.append(("in", "set", f.o_proj(mh.model, layer), z.to(device)))
-        if (layer, 3) in slots:
-            ops.append(("in", "read", f.mlp(mh.model, layer), (layer, 3)))
-        ops.append(("out", "set", f.mlp(mh.model, layer), mlp.to(device)))
-    return _trace(mh, f, ids, ops, norm, pair_idx, cols)
-
-
-def _receiver_run(mh: ModelHandle, f: Any, ids: torch.Tensor, pair_idx: torch.Tensor,
-                  chunk: list[tuple[int, int, int]], recv: list[_Node], recorded: dict,
-                  norm: dict | None, cols: torch.Tensor | None) -> torch.Tensor:
-    """One trace of ``ids`` ``[rows, seq]``: row r (pair i, sender k, receiver j in ``chunk``)
-    with receiver j's input replaced by its recorded value.  Returns last-position logits."""
-    device, seq, ops = mh.device, ids.shape[1], []
-    for sl in sorted({recv[j].slot(f) for _, _, j in chunk}):
-        where, vals = [], []  # (row, position, first column) and the values, per patched token
-        for r, (i, k, j) in enumerate(chunk):
-            if recv[j].slot(f) == sl:
-                where += [(r, p, recv[j].columns(f).start) for p in recv[j].pos(seq)]
-                vals.append(recorded[j][i, k])
-        rows, pos, start = torch.tensor(where, device=device).T
-        columns = start[:, None] + torch.arange(f.d_model if sl[1] == 3 else f.d_head, device=device)
-        ops.append(("in" if sl[1] == 3 else "out", "patch", _module(mh, f, sl),
-                    ((rows[:, None], pos[:, None], columns), torch.cat(vals).to(device))))
-    return _trace(mh, f, ids, ops, norm, pair_idx, cols)[1]
-
-
-def _trace(mh: ModelHandle, f: Any, ids: torch.Tensor, ops: list, norm: dict | None,
-           pair_idx: torch.Tensor, cols: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
-    """Run ``ops`` (in forward order) in one trace of ``ids`` ``[rows, seq]``, then the final
-    norm (its scale frozen with ``norm``) and the unembedding: (values read, last logits)."""
-    device = mh.device
-    if norm is not None:  # prepared here: the trace body calls nothing from helpers
-        ops = ops + [("in", "norm", f.final_norm(mh.model), (norm["centre"], *(
-            t[pair_idx].to(device) for t in (norm["x"], norm["y"], norm["scale"]))))]
-    unembed, c = f.unembed(mh.model), None if cols is None else cols.to(device)
-    reads: dict = {}  # filled with saved values (a dict made inside the trace would vanish)
-    with torch.no_grad(), mh.model.trace(ids.to(device), logits_to_keep=1, use_cache=False):
-        for side, action, mod, value in ops:
-            act = mod.input if side == "in" else mod.output
-            if action == "read":
-                reads[value] = act.clone().save()
-                continue
-            if action == "patch":
-                (rows, pos, columns), new = value
-                value = act.clone()
-                value[rows, pos, columns] = new.to(act.dtype)
-            if action == "norm":  # N(x_base) + J(x - x_base), the scale frozen at the base run
-                centre, x_base, y_base, scale = value
-                d = act - x_base
-                mod.output = y_base + (d - d.mean(-1, keepdim=True) if centre else d) * scale
-            elif side == "in":
-                mod.input = value
-            else:
-                mod.output = value
-        last = unembed.output[:, -1]
-        if c is not None:
-            last = last.gather(1, c)
-        logits = last.clone().save()
-    logits = f.logits(logits)
-    check_finite(logits, "the logits of the path-patching runs")
-    return reads, logits

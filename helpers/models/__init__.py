@@ -11,10 +11,11 @@ from helpers.models.anatomy import ModelAnatomy
 from helpers.models.loaded import (ModelFacts, ModelHandle, handle, hf_model, input_device,
                                    model_facts, remote_kwargs, remote_mode)
 from helpers.models.loading import DTYPES, load_model
+from helpers.models.tiny import TINY_LLAMA, tiny_llama
 from helpers.models.sources import (DEFAULT_MODEL, GGUF_MODELS, HUB_ALIASES, SUPPORTED_MODEL_TYPES,
                                     ModelLoadError, load_tokenizer)
 
 __all__ = ["DEFAULT_MODEL", "DTYPES", "GGUF_MODELS", "HUB_ALIASES", "ModelAnatomy", "ModelFacts",
            "ModelHandle", "ModelLoadError", "SUPPORTED_MODEL_TYPES", "handle", "hf_model",
            "input_device", "load_model", "load_tokenizer", "model_facts", "remote_kwargs",
-           "remote_mode"]
+           "remote_mode", "TINY_LLAMA", "tiny_llama"]

@@ -28,7 +28,9 @@ BOX_W, BOX_H = 2.4, 1.05  # box size in the same units
 @dataclass(frozen=True)
 class Node:
     """A box: ``key`` names it for edges, ``text`` is shown (newlines allowed), ``col``/``row``
-    place it (floats allowed), ``colour`` fills it, ``group`` names its colour in the legend."""
+    place it (floats allowed), ``colour`` fills it, ``group`` names its colour in the legend;
+    ``dashed`` draws it with a dashed grey outline and grey text (something looked for and not
+    found)."""
 
     key: str
     text: str
@@ -36,6 +38,7 @@ class Node:
     row: float
     colour: str = "white"
     group: str | None = None
+    dashed: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,10 @@ def draw_diagram(nodes: Sequence[Node], edges: Sequence[Edge] = (), title: str =
         x, y = centre[n.key]
         ax.add_patch(FancyBboxPatch((x - BOX_W / 2, y - BOX_H / 2), BOX_W, BOX_H,
                                     boxstyle="round,pad=0.05", facecolor=n.colour,
-                                    edgecolor="black", lw=1.0, zorder=2))
-        ax.text(x, y, n.text, ha="center", va="center", fontsize=FONT_PT, zorder=3, wrap=True)
+                                    edgecolor="0.55" if n.dashed else "black", lw=1.0,
+                                    ls="--" if n.dashed else "-", zorder=2))
+        ax.text(x, y, n.text, ha="center", va="center", fontsize=FONT_PT, zorder=3, wrap=True,
+                color="0.45" if n.dashed else "black")
     for e in edges:
         (x0, y0), (x1, y1) = centre[e.src], centre[e.dst]
         (ax0, ay0), (ax1, ay1) = _edge_point(x0, y0, x1, y1), _edge_point(x1, y1, x0, y0)

@@ -234,6 +234,8 @@ def _rules() -> dict[str, tuple[str, Any, str]]:
                    "dry run of the remote protocol)", one_of((False, True, "local")),
                    "-p remote False"),
         "n_prompts": ("a whole number >= 2", integer(2), "-p n_prompts 150"),
+        "n_templates": (f"a number of templates 1 .. {len(TEMPLATES)}", integer(1, len(TEMPLATES)),
+                        "-p n_templates 4"),
         "min_attention": ("a number between 0 and 1", lambda v: number(v) or (None if 0 < v <= 1 else "out of range"),
                           "-p min_attention 0.3"),
         "min_share": ("a number between 0 and 1", lambda v: number(v) or (None if 0 < v <= 1 else "out of range"),

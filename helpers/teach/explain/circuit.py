@@ -28,11 +28,22 @@ def behaviour(b: Any, clean_ld: float, corrupted_ld: float) -> Markdown:
     """What ``helpers.circuits.ioi_classes.behaviour`` and the prompt pairs' two baselines say."""
     p1 = lambda x: pct(x, 1)  # noqa: E731
     does = b.io_over_s_ci[0] > 0.5 and b.logit_diff_ci[0] > 0
+    per = b.by("template") if getattr(b, "per_prompt", None) else None
+    if per is not None and len(per):
+        low = per["IO_above_S"].idxmin()
+        spread = (f" Template by template ({len(per)} templates, a handful of prompts each, both orders), "
+                  f"IO beats S in {p1(per['IO_above_S'].min())} to {p1(per['IO_above_S'].max())} of the "
+                  f"prompts (lowest: template {low}) and the mean logit difference runs from "
+                  f"{num(per['mean_logit_diff'].min())} to {num(per['mean_logit_diff'].max())}.")
+    else:
+        spread = ""
     return markdown(
         f"On {b.n} random prompts the model puts **IO first in {p1(b.top1)}** "
         f"({_ci(*b.top1_ci, p1)}) and ranks **IO above S in {p1(b.io_over_s)}** ({_ci(*b.io_over_s_ci, p1)}); "
-        f"the mean logit difference IO - S is **{num(b.logit_diff)}** ({_ci(*b.logit_diff_ci)}).",
-        ("It does the task, on every template and both name orders: there is a circuit to find."
+        f"the mean logit difference IO - S is **{num(b.logit_diff)}** ({_ci(*b.logit_diff_ci)}).{spread}",
+        ("It does the task over templates and both name orders: there is a circuit to find"
+         + (" — though not equally well on every template." if per is not None and len(per)
+            and per["IO_above_S"].min() < 0.9 else ".")
          if does else "Its intervals do not exclude chance: what follows looks for a mechanism the "
          "model may not have (random weights?)."),
         f"On the prompt pairs we patch, the clean run's logit difference is {num(clean_ld)} and the "
@@ -101,16 +112,18 @@ def head_positions(result: PatchResult, normalise: bool = True, k: int = 6) -> M
                     "Heads that act at S2 prepare the information; heads that act at END use it.")
 
 
-def attention(att: Mapping[str, torch.Tensor], min_attention: float = 0.3, k: int = 3) -> Markdown:
-    """Per route, how many heads attend at least ``min_attention`` and the strongest ``k``."""
+def attention(att: Mapping[str, Any], min_attention: float = 0.3, k: int = 3) -> Markdown:
+    """Per route (``[n_layers, n_heads]`` tensors or pooled measurements), how many heads attend
+    at least ``min_attention`` (pooled mean) and the strongest ``k``."""
     lines = []
     for route, a in att.items():
         if route.startswith("backup:"):
             continue
+        a = torch.as_tensor(a.estimate()) if hasattr(a, "estimate") else a  # pooled: its estimate
         idx = torch.argsort(-a.flatten(), stable=True)[:k].tolist()
         n_h = a.shape[1]
         n = int((a >= min_attention).sum())
-        lines.append(f"**{route}**: {n} head(s) at {min_attention} or more; strongest "
+        lines.append(f"**{route}**: {n} head(s) at {min_attention} or more (mean over the prompts); strongest "
                      + join(f"{head_name(i // n_h, i % n_h)} ({num(a.flatten()[i])})" for i in idx))
     return markdown(bullets(lines), "Attention alone names candidates, not roles: a head may look "
                     "at IO and do nothing with it. Each class below also needs an effect.")
@@ -170,10 +183,13 @@ def backup(before: torch.Tensor, after: torch.Tensor, ablated: Sequence[str], fu
 
 def comparison(comp: Any) -> Markdown:
     """The classes found here beside GPT-2 small's (``helpers.circuits.ioi_classes.gpt2_comparison``)."""
-    found = [c for c, r in comp.iterrows() if r["this model"] != "none found"]
-    absent = [c for c in comp.index if c not in found]
+    grouped = [c for c, r in comp.iterrows() if r["this model"].endswith("(as a group)")]
+    found = [c for c, r in comp.iterrows() if r["this model"] != "none found" and c not in grouped]
+    absent = [c for c in comp.index if c not in found and c not in grouped]
     return markdown(
-        f"Found here: {join(found) or 'no class'}; not found: {join(absent) or 'none'}.",
+        f"Found here: {join(found) or 'no class'}"
+        + (f"; present only as a group: {join(grouped)}" if grouped else "")
+        + f"; not found: {join(absent) or 'none'}.",
         "Depth is (block + 1) / number of blocks. GPT-2 small's circuit is Wang et al.'s, found with "
         "their own prompts, ablations and thresholds: the comparison says where similar roles sit, "
         "not that the two circuits are the same.")
@@ -222,6 +238,13 @@ def faithfulness(frame: Any) -> Markdown:
                     + ": what \"removing\" a component means is part of the claim, so a faithfulness "
                     "number comes with its ablation.")
 
+
+from helpers.teach.explain.stages import (ablations, backup_templates, criteria, decision, open_inputs,  # noqa: E402
+                                          evidence, faithful_search, group_test, head_roles,
+                                          headline, share_definitions)
+
+__all__ += ["open_inputs", "criteria", "decision", "group_test", "head_roles", "ablations", "backup_templates",
+            "share_definitions", "evidence", "faithful_search", "headline"]
 
 from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)
 

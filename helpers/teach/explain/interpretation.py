@@ -185,6 +185,17 @@ def knockout(heads_noise: PatchResult, joint: PatchResult, normalise: bool = Tru
     else:
         msg = (f"Here the largest single head already destroys {num(one)} of the {num(together)} "
                "that all of them destroy together: little redundancy among these heads.")
+    if together > one:  # backups or a spread-out job? the sum of the single damages tells
+        if together > 1.5 * total:
+            msg += (f" Together they destroy far more than the sum of their single damages "
+                    f"({num(total)}): heads that cover for each other (backups) look unnecessary one "
+                    "at a time.")
+        else:
+            msg += (f" Together they destroy about what their single damages add up to ({num(total)}), "
+                    f"{'a little more' if together > total else 'no more'}: no head covers for another "
+                    "(backups would make the joint damage far exceed the sum). The job is *spread* "
+                    "over many heads that each do a small part — chapter 5, section 4, reads the same "
+                    "heads in both directions.")
     return markdown(bullets([
         f"largest single-head damage above block 0: {num(one)} ({head_name(l + 1, h)})",
         f"sum of the {dmg.numel()} single-head damages: {num(total)}",

@@ -12,11 +12,12 @@ from typing import Any, Mapping
 
 from IPython.display import Markdown
 
-from helpers.base.fmt import bullets, head_name, join, num, pct, plural
+from helpers.base.fmt import bullets, head_name, join, num, plural, signed
 from helpers.results.patch_result import PatchResult
 from helpers.teach.explain._markdown import markdown
 
-__all__ = ["late_head", "qkv_receivers", "direct_vs_total", "qkv", "stats", "ablations"]
+__all__ = ["late_head", "qkv_receivers", "direct_vs_total", "qkv", "stats", "ablations",
+           "by_hand", "gqa_table", "gqa_edges"]
 
 Head = tuple[int, int]
 INPUTS = {"q": "query", "k": "key", "v": "value"}
@@ -98,14 +99,14 @@ def qkv(results: Mapping[str, PatchResult], receiver: Head, normalise: bool = Tr
     for r in results.values():
         _check(r)
     name, metric = head_name(*receiver), next(iter(results.values())).metric
-    say = (lambda x: pct(x, 1)) if normalise else (lambda x: num(x, 3))  # as qkv_maps writes them
+    say = lambda x: num(x, 3)  # noqa: E731  (as qkv_maps writes them)
     sums, lines = {}, []
     for kind, r in results.items():
         ch = r.change(normalise)
         (l, h), sums[kind] = _top(ch), float(ch.sum())
         lines.append(f"**{INPUTS[kind]}**: largest {head_name(l, h)} ({say(ch[l, h])}), sum over "
                      f"{plural(ch.numel(), 'sender')} {say(sums[kind])}.")
-    unit = (f"Per cent of the clean − corrupted {metric} gap each path restores:" if normalise
+    unit = (f"Share of the clean − corrupted {metric} gap each path restores:" if normalise
             else f"Change in mean {metric} each path makes:")
     best = max(sums, key=lambda k: abs(sums[k]))
     rest = [k for k in sums if k != best]
@@ -144,16 +145,97 @@ def stats(table: Any, alpha: float = 0.05) -> Markdown:
 
 def ablations(frame: Any) -> Markdown:
     """What ``helpers.circuits.evaluation.compare_ablations`` says about a circuit, one line per
-    ablation kind: its faithfulness (the share of the model's behaviour the circuit keeps with
-    everything else ablated) and the verdict; then whether the kinds agree."""
-    lines = [f"**{kind} ablation**: faithfulness {num(row['faithfulness'])}, completeness gap "
-             f"{num(row['completeness_gap'])}: {row['verdict']}." for kind, row in frame.iterrows()]
+    ablation kind: faithfulness, the completeness gap with the worst K the greedy search found,
+    the smallest minimality share, the verdict; then whether the kinds agree, and what a
+    negative minimality means where one occurs."""
+    lines = []
+    for kind, row in frame.iterrows():
+        worst = f" (worst K found: {row['worst_K']})" if "worst_K" in row and row["worst_K"] != "(none)" else ""
+        least = (f", least minimality {num(row['least_minimality'])}" if "least_minimality" in row
+                 else "")
+        lines.append(f"**{kind} ablation**: faithfulness {num(row['faithfulness'])}, completeness gap "
+                     f"{num(row['completeness_gap'])}{worst}{least}: {row['verdict']}.")
     spread = float(frame["faithfulness"].max() - frame["faithfulness"].min())
     same = len({v.split(",")[0] for v in frame["verdict"]}) == 1
     end = (f"The ablations {'agree on the verdict' if same else 'disagree'} (faithfulness differs by "
            f"{num(spread)}): what \"removing\" a component means is part of the claim, so report "
            "the ablation with the number.")
+    negative = [k for k, r in frame.iterrows()  # negative as shown (2 decimals), not -0.001
+                if "least_minimality" in r and float(num(r["least_minimality"])) < 0]
+    if negative:
+        end += (f" Under {join(negative)} ablation some member has a *negative* minimality: removing "
+                "it raises the circuit's logit difference.")
     return markdown(bullets(lines), end)
+
+
+def by_hand(receivers: Mapping[str, str], by_hand_values: Mapping[str, float], helper: PatchResult,
+            metric: str = "logit_diff") -> Any:
+    """The hand-written path patches beside ``H.path_patch``'s, one row per receiver:
+    a ``pandas.DataFrame`` (receiver, by hand, H.path_patch, difference) with the mean ``metric``
+    to 4 decimals (``helper``: one sender, these receivers in this order)."""
+    import pandas as pd
+
+    got = helper.mean(metric)
+    got = got.reshape(-1) if got.dim() > 1 else got
+    rows = [{"input": INPUTS.get(k, k), "receiver": name, "by hand": round(float(by_hand_values[k]), 4),
+             "H.path_patch": round(float(got[i]), 4),
+             "same (1e-3)": abs(float(by_hand_values[k]) - float(got[i])) < 1e-3}
+            for i, (k, name) in enumerate(receivers.items())]
+    return pd.DataFrame(rows).set_index("input")
+
+
+def gqa_table(result: PatchResult, group: int, metric: str = "logit_diff") -> Any:
+    """Senders x receivers of a grouped-query model (``group`` query heads per key/value head),
+    each cell the change in mean ``metric`` a path makes (patched - corrupted run), 4 decimals: a
+    ``pandas.DataFrame`` with the senders as rows and, for every shared receiver in
+    ``result`` (``L1KV0.k``), its column, the columns of the same input as read by each query head
+    of its group (``L1H0.k``, ``L1H1.k``, when given) and their sum.  ``frame.attrs["groups"]``
+    lists (shared column, query-head columns, sum column)."""
+    import re
+
+    import pandas as pd
+
+    eff = (result.mean(metric) - result.baseline("corrupted", metric)).double()
+    labels = result.labels["receiver"]
+    col = {name: eff[:, j] for j, name in enumerate(labels)}
+    cols: dict[str, Any] = {}
+    groups = []
+    for name in labels:
+        m = re.fullmatch(r"L(\d+)KV(\d+)\.([kv])(@.*)?", name)
+        if not m:
+            continue
+        layer, g, kind, at = int(m[1]), int(m[2]), m[3], m[4] or ""
+        readers = [f"L{layer}H{h}.{kind}{at}" for h in range(g * group, (g + 1) * group)
+                   if f"L{layer}H{h}.{kind}{at}" in col]
+        total = f"sum of {', '.join(readers)}"
+        cols[name] = col[name]
+        cols.update({r: col[r] for r in readers})
+        cols[total] = sum(col[r] for r in readers) if readers else eff.new_zeros(eff.shape[0])
+        groups.append((name, readers, total))
+    frame = pd.DataFrame({k: [round(float(x), 4) for x in v] for k, v in cols.items()},
+                         index=result.labels["sender"])
+    frame.index.name = "sender"
+    frame.attrs["groups"] = groups
+    return frame
+
+
+def gqa_edges(table: Any) -> Markdown:
+    """What ``gqa_table`` shows: for each shared key/value input, the sender with the largest
+    shared edge and that sender's per-query-head edges; for how many senders the query heads'
+    edges have opposite signs; the largest gap between the shared edge and their sum."""
+    lines = []
+    for shared, readers, total in table.attrs["groups"]:
+        if not readers:
+            continue
+        top = table[shared].abs().idxmax()
+        each = ", ".join(f"{r} {signed(table.loc[top, r], 4)}" for r in readers)
+        opposite = int(((table[readers].max(axis=1) > 0) & (table[readers].min(axis=1) < 0)).sum())
+        gap = float((table[shared] - table[total]).abs().max())
+        lines.append(f"**{shared}**: the largest shared edge is {top}'s ({signed(table.loc[top, shared], 4)}); "
+                     f"read by one query head at a time it is {each}. The query heads' edges have "
+                     f"opposite signs for {opposite} of {len(table)} senders; the shared edge and their "
+                     f"sum differ by up to {num(gap, 4)}.")
+    return markdown(bullets(lines) if lines else "No key/value input read by single query heads was given.")
 
 
 from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)

@@ -3,7 +3,6 @@ the hand-over from S2 to END along the residual stream.  Every number is compute
 the values passed in, with the formatting the chapter's cells print."""
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from IPython.display import Markdown

@@ -2,18 +2,18 @@
 beside ordinary head patching, and every earlier head to a late head's query, key and value."""
 from __future__ import annotations
 
-import textwrap
 from typing import Any, Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from helpers.base.fmt import head_name, num
+from helpers.base.fmt import head_name
 from helpers.results.patch_result import PatchResult
 from helpers.teach.diagrams import Edge, Node, draw_diagram
 from helpers.teach.figures.positions import wrap_colourbar_label
-from helpers.teach.plotting import ANNOT_PT, CMAP, plot_patching
 from helpers.results.metrics import Metric
+from helpers.teach.figures.headmaps import colour_bar, head_map
+from helpers.teach.plotting import plot_patching
 
 __all__ = ["three_runs", "direct_vs_total", "qkv_maps"]
 
@@ -68,33 +68,25 @@ def direct_vs_total(direct: PatchResult, heads: PatchResult, normalise: bool = T
 
 def qkv_maps(results: Mapping[str, PatchResult], receiver: tuple[int, int],
              normalise: bool = True) -> Any:
-    """One small map per input of the ``receiver`` head (``results``: ``"q"``, ``"k"``, ``"v"``,
-    each every earlier head to that input), on one colour scale centred on 0.  Cells show the
-    effect in per cent of the clean - corrupted gap (``normalise``) or in metric units, since
-    single paths into one head are small.  Returns the Figure."""
+    """One map per input of the ``receiver`` head (``results``: ``"q"``, ``"k"``, ``"v"``, each
+    every earlier head to that input), on one fixed scale: share of the clean - corrupted gap,
+    -1 .. 1, as every map (``normalise``; raw: the change in the metric, symmetric around 0 at
+    the largest size).  Single paths into one head are small, so cells carry three decimals; the
+    strongest cells (every cell of a small map) carry their number.  Returns the Figure."""
     names = {"q": "query", "k": "key", "v": "value"}
     first = next(iter(results.values()))
-    scale = 100.0 if normalise else 1.0
-    data = {k: r.change(normalise).double().numpy() * scale for k, r in results.items()}
-    limit = max(float(np.abs(d).max()) for d in data.values()) or 1.0
-    rows, cols = first.shape
+    data = {k: r.change(normalise).double().numpy() for k, r in results.items()}
+    limit = 1.0 if normalise else (max(float(np.abs(d).max()) for d in data.values()) or 1.0)
+    rows, _ = first.shape
     fig, axes = plt.subplots(1, len(results), figsize=(1.6 + 3.1 * len(results), 2.3 + 0.5 * rows),
                              squeeze=False, layout="constrained")
-    digits = 1 if normalise else 3
     for ax, (kind, d) in zip(axes[0], data.items()):
-        im = ax.imshow(d, cmap=CMAP, vmin=-limit, vmax=limit, aspect="auto")
-        for (i, j), v in np.ndenumerate(d):
-            ax.text(j, i, num(v, digits), ha="center", va="center", fontsize=ANNOT_PT + 1,
-                    color="white" if abs(v) > 0.6 * limit else "black")
-        ax.set_xticks(range(cols), first.labels["head"])
+        im = head_map(ax, d, f"-> {head_name(*receiver)}'s {names[kind]}", limits=(-limit, limit),
+                      digits=3, xlabel="sender head", ylabel="sender block")
         ax.set_yticks(range(rows), first.labels["layer"])
-        ax.set_xlabel("sender head")
-        ax.set_title(f"-> {head_name(*receiver)}'s {names[kind]}", fontsize=10)
-    axes[0, 0].set_ylabel("sender block")
-    what = (f"% of the clean - corrupted {first.metric} gap restored" if normalise
+    what = (f"share of the clean - corrupted {first.metric} gap restored" if normalise
             else f"change in mean {first.metric}")
-    bar = fig.colorbar(im, ax=list(axes[0]), shrink=0.9)
-    bar.set_label(textwrap.fill(what, 26), fontsize=9)
+    colour_bar(fig, im, list(axes[0]), what, list(data.values()), (-limit, limit))
     fig.suptitle(f"Every earlier head -> {head_name(*receiver)}'s inputs "
                  f"({first.labels['layer'][0]}-{first.labels['layer'][-1]})", fontsize=11)
     return fig
