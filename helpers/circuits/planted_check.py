@@ -42,7 +42,7 @@ from helpers.models.loaded import ModelHandle, handle
 from helpers.organism import BUNDLED_MODELS
 
 __all__ = ["THRESHOLDS", "PAIR_SETS", "PlantedSpec", "planted_spec", "check_planted", "pair_sets",
-           "heldout_prompts", "report"]
+           "heldout_prompts", "report", "result_json"]
 
 #: (template index into helpers.data.prompts.TEMPLATES, order): three training and the three
 #: held-out templates
@@ -327,6 +327,11 @@ def _plain(x: Any) -> Any:
     return x
 
 
+def result_json(result: dict) -> dict:
+    """``check_planted``'s result as plain JSON values (tensors as lists, floats to 4 places)."""
+    return _plain(result)
+
+
 def report(result: dict) -> str:
     """The check as text: every criterion with its value, rule and verdict, then the maps."""
     m = result["measured"]
@@ -375,7 +380,7 @@ def main() -> None:
     result = check_planted(load_model(a.model), a.model, n_accuracy=a.n_accuracy)
     print(report(result))
     if a.json:
-        Path(a.json).write_text(json.dumps(_plain(result), indent=1) + "\n")
+        Path(a.json).write_text(json.dumps(result_json(result), indent=1) + "\n")
 
 
 from helpers.base.guard import guard_module  # noqa: E402  (input rules at every public edge)

@@ -33,7 +33,8 @@ every MLP has no effect on the task.  Why each piece is there is in ``planted/MO
   + attention supervision (-log weight) on every role's route, a shortcut penalty on S2 -> IO
   for every head but the duplicate-token head, the negative mover's own readout ranking IO
   lowest, and a hinge on |direct logit attribution| above ``direct_tol`` for the
-  duplicate-token and S-inhibition heads, the decoy, the last block's other heads and its MLP.
+  duplicate-token and S-inhibition heads, the decoy, the last block's other heads and every MLP
+  (``mlp_direct``; the name mover's block's MLP gates the backup and must do nothing else).
 * **Curriculum.**  For the first ``strict_delay`` of the steps every non-designated component and
   the negative mover are knocked out (outputs times 0), so the task can only be learned by the
   cast; then they are ramped in (x alpha, 0 -> 1 over ``strict_ramp``) under strictness.
@@ -75,11 +76,11 @@ DEFAULTS = dict(steps=2000, d_model=D_MODEL, p_listed=0.4, p_scrambled=0.25,
                 w_strict_ld=1.0, backup_tol=0.5, w_backup_silent=1.0, direct_tol=0.5, w_direct=1.0,
                 mlp_strict=(0, 1, 2, 3), p_strict_backup=1.0, clip=1.0, strict_delay=0.25,
                 strict_ramp=0.25, w_abl=2.0, takeover=0.75, without_backup=0.05, neg_gain=0.15,
-                w_backup_ld=1.0, log_every=100)
+                w_backup_ld=1.0, mlp_direct=(0, 1, 2, 3), log_every=100)
 
 
-def ablation_rows(model, b: dict, clean: dict, ld_clean: torch.Tensor, kind: torch.Tensor,
-                  c: dict, scales: tuple) -> tuple[torch.Tensor, dict]:
+def ablation_rows(model, b: dict, clean: dict, kind: torch.Tensor, c: dict,
+                  scales: tuple) -> tuple[torch.Tensor, dict]:
     """One run per clean row with the ablation ``ABLATIONS[kind[i]]`` (mean = the other group
     members' mean, ``group_mean``) and nothing else changed; returns the hinge loss (over the mean
     |clean logit difference|) and each kind's mean logit difference / clean one (for the log)."""
@@ -100,12 +101,21 @@ def ablation_rows(model, b: dict, clean: dict, ld_clean: torch.Tensor, kind: tor
     logits = end_logits(model, run["resid"], b["end"])
     rows = torch.arange(n)
     ld = logits[rows, b["io_id"]] - logits[rows, b["s_id"]]
+    clean_ld_live = clean["logits"][rows, b["io_id"]] - clean["logits"][rows, b["s_id"]]
+    ld_clean = clean_ld_live.detach()
     ref = ld_clean.clamp(min=0)
     scale = ld_clean.abs().mean().clamp(min=1.0)
     want_low = torch.tensor([0.0, 0.0, 1 + c["neg_gain"], 1 + 2 * c["neg_gain"]])[kind]
     want_low[kind == 0] = c["takeover"]
     hinge = torch.where(kind == 1, F.relu(ld - c["without_backup"] * ref), F.relu(want_low * ref - ld))
-    shares = {a: float((ld[kind == i] / ld_clean[kind == i]).mean()) if (kind == i).any() else float("nan")
+    # the negative mover's rows: the gain over the clean run *of this step* (gradient through both
+    # runs, so the term moves what differs between them: the mover and what reads it), against a
+    # target fixed by the clean logit difference; with the clean one detached the term could only
+    # inflate the ablated run and the target would follow it up the next step
+    gain = ld - clean_ld_live
+    neg_hinge = F.relu((want_low - 1) * ref - gain)
+    hinge = torch.where(kind >= 2, neg_hinge, hinge)
+    shares = {a: float((ld[kind == i] / ld_clean[kind == i]).detach().mean()) if (kind == i).any() else float("nan")
               for i, a in enumerate(ABLATIONS)}
     return (hinge / scale).mean(), shares
 
@@ -145,7 +155,8 @@ def _clean_losses(model, b: dict, c: dict, alpha: float, scales: tuple) -> tuple
                      for L in range(N_LAYER) for h in range(N_HEAD) if (L, h) != dt)
     last = [(N_LAYER - 1, h) for h in range(N_HEAD) if (N_LAYER - 1, h) not in designated()]
     dla = {h: head_dla(model, clean, *h, end, io_id, s_id) for h in [dt, si, bk, dec] + last}
-    direct = [dla[h] for h in [dt, si, dec] + last] + [mlp_dla(model, clean, N_LAYER - 1, end, io_id, s_id)]
+    direct = [dla[h] for h in [dt, si, dec] + last] + [mlp_dla(model, clean, L, end, io_id, s_id)
+                                                       for L in c["mlp_direct"]]
     losses = {"ce": F.cross_entropy(logits, io_id), "att": loss_att, "short": loss_short,
               "silent": F.relu(dla[bk].abs() - c["backup_tol"]).mean(),
               "direct": sum(F.relu(d.abs() - c["direct_tol"]).mean() for d in direct),
@@ -193,11 +204,9 @@ def train(out: Path, **kw) -> dict:
         scales = (torch.where(masks["knock"], alpha, 1.0), torch.where(masks["mlp_knock"], alpha, 1.0))
         clean, lc = _clean_losses(model, b, c, alpha, scales)
         li, stats = iit_rows(model, b, clean, c, alpha, masks, gen, held_ids, scales)
-        rows = torch.arange(len(b["x"]))
-        ld_clean = (clean["logits"][rows, b["io_id"]] - clean["logits"][rows, b["s_id"]]).detach()
         if alpha > 0 and c["w_abl"] > 0:
-            kind = torch.randint(len(ABLATIONS), (len(rows),), generator=gen)
-            loss_abl, shares = ablation_rows(model, b, clean, ld_clean, kind, c, scales)
+            kind = torch.randint(len(ABLATIONS), (len(b["x"]),), generator=gen)
+            loss_abl, shares = ablation_rows(model, b, clean, kind, c, scales)
         else:
             loss_abl, shares = torch.zeros(()), {a: float("nan") for a in ABLATIONS}
         loss = (lc["ce"] + c["w_iit"] * li["iit"]
