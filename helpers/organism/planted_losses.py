@@ -20,15 +20,17 @@ def forward(model, x: torch.Tensor, swap: torch.Tensor | None = None,
     [n, layers, heads] takes it from ``mean_z[layer]``; ``mlp_swap`` [n, layers] takes an MLP's
     output from ``src_mlp[layer]``; ``head_scale`` [layers, heads] and ``mlp_scale`` [layers]
     multiply the outputs (training only: 0 knocks a component out).  Returns the final residual before the final norm
-    (``resid``), per layer ``z``, ``attn`` [n, heads, seq, seq] and ``mlp``."""
+    (``resid``), per layer ``z``, ``attn`` [n, heads, seq, seq], ``mlp`` and the block's input
+    ``resid_in`` [n, seq, d]."""
     tr = model.transformer
     n, seq = x.shape
     d, heads = tr.wte.weight.shape[1], model.config.n_head
     dh = d // heads
     h = tr.wte(x) + tr.wpe.weight[:seq]
     causal = torch.ones(seq, seq, dtype=torch.bool).tril()
-    zs, attns, mlps = [], [], []
+    zs, attns, mlps, ins = [], [], [], []
     for layer, block in enumerate(tr.h):
+        ins.append(h)
         q, k, v = block.attn.c_attn(block.ln_1(h)).split(d, dim=-1)
         q, k, v = (t.view(n, seq, heads, dh).transpose(1, 2) for t in (q, k, v))
         scores = (q @ k.transpose(-1, -2)) * dh ** -0.5
@@ -53,7 +55,7 @@ def forward(model, x: torch.Tensor, swap: torch.Tensor | None = None,
             m = m * mlp_scale[layer]
         mlps.append(m)
         h = h + m
-    return {"resid": h, "z": zs, "attn": attns, "mlp": mlps}
+    return {"resid": h, "z": zs, "attn": attns, "mlp": mlps, "resid_in": ins}
 
 
 def end_logits(model, resid: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
@@ -123,3 +125,28 @@ def group_mean(z: torch.Tensor, group: torch.Tensor, twin: torch.Tensor, groups:
     total = torch.zeros(groups, *z.shape[1:], dtype=z.dtype).index_add(0, group, z)
     size = torch.bincount(group, minlength=groups)[group].to(z.dtype)
     return (total[group] - z - z[twin]) / (size - 2).view(-1, *[1] * (z.dim() - 1))
+
+
+def query_attention_without(model, out: dict, layer: int, head: int, sender: tuple[int, int],
+                            donor: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """Attention of ``head`` in ``layer`` from ``end`` [n] over every position, [n, seq], when its
+    *query* (only) reads head ``sender``'s output from the rows ``donor`` [n] instead of its own
+    (path patching sender -> head.q at every position, in a run ``out`` of ``forward``).  The
+    block's input and the sender's output are detached: the gradient reaches only the receiver's
+    norm and query/key weights, so a loss on it teaches the query to ignore the sender."""
+    tr = model.transformer
+    n, seq, d = out["resid_in"][layer].shape
+    heads = model.config.n_head
+    dh = d // heads
+    block = tr.h[layer]
+    h = out["resid_in"][layer].detach()
+    w_o = tr.h[sender[0]].attn.c_proj.weight[sender[1] * dh:(sender[1] + 1) * dh].detach()
+    send = out["z"][sender[0]][:, :, sender[1]].detach() @ w_o  # [n, seq, d]
+    rows = torch.arange(n)
+    q_in = block.ln_1(h - send + send[donor])[rows, end]  # [n, d]
+    w, b = block.attn.c_attn.weight, block.attn.c_attn.bias
+    q = (q_in @ w[:, head * dh:(head + 1) * dh] + b[head * dh:(head + 1) * dh])  # [n, dh]
+    k = block.ln_1(h) @ w[:, d + head * dh:d + (head + 1) * dh] + b[d + head * dh:d + (head + 1) * dh]
+    scores = (k @ q[:, :, None]).squeeze(-1) * dh ** -0.5  # [n, seq]
+    later = torch.arange(seq)[None] > end[:, None]
+    return scores.masked_fill(later, torch.finfo(scores.dtype).min).softmax(-1)

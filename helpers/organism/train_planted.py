@@ -32,7 +32,8 @@ every MLP has no effect on the task.  Why each piece is there is in ``planted/MO
   difference);
   + attention supervision (-log weight) on every role's route, a shortcut penalty on S2 -> IO
   for every head but the duplicate-token head, the negative mover's own readout ranking IO
-  lowest, and a hinge on |direct logit attribution| above ``direct_tol`` for the
+  lowest (and still attending IO when its query reads the name mover's output from another
+  prompt: ``w_neg_path``), and a hinge on |direct logit attribution| above ``direct_tol`` for the
   duplicate-token and S-inhibition heads, the decoy, the last block's other heads and every MLP
   (``mlp_direct``; the name mover's block's MLP gates the backup and must do nothing else).
 * **Curriculum.**  For the first ``strict_delay`` of the steps every non-designated component and
@@ -61,7 +62,7 @@ from helpers.organism.planted_data import (CAST, D_MODEL, EXTRA_TEMPLATES, N_HEA
                                            vocabulary)
 from helpers.organism.planted_iit import iit_rows
 from helpers.organism.planted_losses import (end_logits, forward, group_mean, head_dla, head_readout,
-                                             mlp_dla, nll)
+                                             mlp_dla, nll, query_attention_without)
 from helpers.organism.train_ioi import name_pair_split
 from helpers.organism.training import build_tokenizer, make_config
 
@@ -73,10 +74,11 @@ DEFAULTS = dict(steps=2000, d_model=D_MODEL, p_listed=0.4, p_scrambled=0.25,
                 kinds=("dt", "si", "nm", "backup", "backup_dt", "backup_si"), w_neg_readout=0.25,
                 off_role=False, w_rest=0.0, groups=2, group_size=8, lr=3e-3, seed=0, threads=1,
                 p_strict=0.5, p_strict_iit=0.5, w_iit=1.0, w_attn=0.5, w_shortcut=1.0,
-                w_strict_ld=1.0, backup_tol=0.5, w_backup_silent=1.0, direct_tol=0.5, w_direct=1.0,
+                w_strict_ld=1.0, backup_tol=0.5, w_backup_silent=1.0, direct_tol=0.3, w_direct=1.0,
                 mlp_strict=(0, 1, 2, 3), p_strict_backup=1.0, clip=1.0, strict_delay=0.25,
                 strict_ramp=0.25, w_abl=2.0, takeover=0.75, without_backup=0.05, neg_gain=0.15,
-                w_backup_ld=1.0, mlp_direct=(0, 1, 2, 3), log_every=100)
+                w_backup_ld=1.0, mlp_direct=(0, 1, 2, 3), w_neg_path=0.5,
+                log_every=100)
 
 
 def ablation_rows(model, b: dict, clean: dict, kind: torch.Tensor, c: dict,
@@ -160,7 +162,12 @@ def _clean_losses(model, b: dict, c: dict, alpha: float, scales: tuple) -> tuple
     losses = {"ce": F.cross_entropy(logits, io_id), "att": loss_att, "short": loss_short,
               "silent": F.relu(dla[bk].abs() - c["backup_tol"]).mean(),
               "direct": sum(F.relu(d.abs() - c["direct_tol"]).mean() for d in direct),
-              "neg_readout": F.cross_entropy(-head_readout(model, clean, *neg, end), io_id)}
+              "neg_readout": F.cross_entropy(-head_readout(model, clean, *neg, end), io_id),
+              # the negative mover finds IO by the S-inhibition head's signal, not by reading what
+              # the name mover writes: with the name mover's output from another group member in
+              # its query only, it must still attend IO
+              "neg_path": -torch.log(query_attention_without(model, clean, *neg, nm, b["source"], end)
+                                     [rows, io] + 1e-6).mean()}
     clean["logits"] = logits
     return clean, losses
 
@@ -214,7 +221,7 @@ def train(out: Path, **kw) -> dict:
                 + c["w_shortcut"] * lc["short"] + c["w_strict_ld"] * li["strict_ld"]
                 + alpha * c["w_neg_readout"] * lc["neg_readout"] + c["w_backup_silent"] * lc["silent"]
                 + c["w_direct"] * lc["direct"] + alpha * c["w_backup_ld"] * li["backup_ld"]
-                + alpha * c["w_abl"] * loss_abl)
+                + alpha * c["w_abl"] * loss_abl + alpha * c["w_neg_path"] * lc["neg_path"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), c["clip"])
