@@ -25,7 +25,7 @@ from helpers.data.prompts import HELDOUT_TEMPLATES, NAMES
 from helpers.models.loaded import hf_model
 from helpers.organism import BUNDLED_MODELS
 from helpers.organism.planted_data import CAST, TRAINING_TEMPLATES, sample_step, vocabulary
-from helpers.organism.planted_losses import end_logits, forward, group_mean
+from helpers.organism.planted_losses import end_logits, forward, group_mean, query_attention_without
 from helpers.organism.planted_truth import all_edges, all_nodes, ground_truth
 from helpers.organism.train_ioi import name_pair_split
 from helpers.organism.train_planted import train
@@ -172,6 +172,22 @@ def test_the_training_forward_is_gpt2s_forward(plain64):
     assert (got - want).abs().max() < 1e-9
 
 
+def test_the_path_term_is_the_receivers_attention_and_changes_only_with_the_senders_output(plain64):
+    """``query_attention_without`` with every row its own donor is the run's attention of the
+    receiver (an identity); with another row's sender output only the query moves: the keys are
+    the run's, so a sender that writes nothing changes nothing."""
+    ids = {w: i for i, w in enumerate(vocabulary())}
+    b = sample_step(random.Random(1), ids, name_pair_split(0)[0], 2, 4)
+    rows = torch.arange(len(b["x"]))
+    with torch.no_grad():
+        out = forward(plain64, b["x"])
+        same = query_attention_without(plain64, out, *NEG, NM, rows, b["end"])
+        assert (same - out["attn"][NEG[0]][rows, NEG[1], b["end"]]).abs().max() < 1e-12
+        out["z"][NM[0]][:, :, NM[1]] = 0.0  # a silent sender: the donor's output is the row's own
+        silent = query_attention_without(plain64, out, *NEG, NM, b["source"], b["end"])
+        assert (silent - query_attention_without(plain64, out, *NEG, NM, rows, b["end"])).abs().max() < 1e-12
+
+
 def test_group_mean_is_the_mean_over_the_other_names_of_the_group():
     z = torch.randn(8, 3, dtype=torch.float64)
     group, twin = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1]), torch.tensor([4, 5, 6, 7, 0, 1, 2, 3])
@@ -247,7 +263,8 @@ def _ref_node(label):
 PATHS = [  # (senders, receivers)
     (["embed"], [f"{name(DT)}.q"]),
     ([f"L0H{h}" for h in range(4)], [f"{name(SI)}.v"]),
-    ([f"L{L}H{h}" for L in range(2) for h in range(4)], [f"{name(NM)}.q", f"{name(NEG)}.q"]),
+    ([f"L{L}H{h}" for L in range(2) for h in range(4)], [f"{name(NM)}.q"]),
+    ([f"L{L}H{h}" for L in range(3) for h in range(4)], [f"{name(NEG)}.q"]),  # the name mover too
     ([f"L{L}H{h}" for L in range(4) for h in range(4)], ["logits"]),
 ]
 CORE = {("embed", f"{name(DT)}.q"), (name(DT), f"{name(SI)}.v"), (name(SI), f"{name(NM)}.q"),
