@@ -264,13 +264,15 @@ PATHS = [  # (senders, receivers)
     (["embed"], [f"{name(DT)}.q"]),
     ([f"L0H{h}" for h in range(4)], [f"{name(SI)}.v"]),
     ([f"L{L}H{h}" for L in range(2) for h in range(4)], [f"{name(NM)}.q"]),
-    ([f"L{L}H{h}" for L in range(3) for h in range(4)], [f"{name(NEG)}.q"]),  # the name mover too
+    ([f"L{L}H{h}" for L in range(3) for h in range(4)], [f"{name(NEG)}.q", f"{name(BK)}.q"]),  # NM too
     ([f"L{L}H{h}" for L in range(4) for h in range(4)], ["logits"]),
 ]
 CORE = {("embed", f"{name(DT)}.q"), (name(DT), f"{name(SI)}.v"), (name(SI), f"{name(NM)}.q"),
         (name(NM), "logits")}
 NEGATIVE = {(name(SI), f"{name(NEG)}.q"), (name(NEG), "logits")}
 BACKUP = {(name(BK), "logits")}  # silent on a clean run: judged against backup_clean
+#: the backup's planted query route (class "backup" in ground_truth.json): not judged here
+NOT_JUDGED = {(name(SI), f"{name(BK)}.q")}
 
 
 def test_path_patching_equals_the_reference_and_only_the_planted_edges_carry_the_effect(
@@ -294,7 +296,7 @@ def test_path_patching_equals_the_reference_and_only_the_planted_edges_carry_the
         assert score[k] <= T["negative_effect"], (k, score[k])
     for k in BACKUP:
         assert abs(score[k]) <= T["backup_clean"], (k, score[k])
-    rest = {k: v for k, v in score.items() if k not in CORE | NEGATIVE | BACKUP}
+    rest = {k: v for k, v in score.items() if k not in CORE | NEGATIVE | BACKUP | NOT_JUDGED}
     worst = max(rest, key=lambda k: abs(rest[k]))
     assert abs(rest[worst]) <= T["null_effect"], (worst, rest[worst])
 

@@ -92,9 +92,9 @@ def card(record: dict) -> str:
               f"Accuracy on {acc['pairs']['n']} fresh prompts per split: held-out name pairs IO > S "
               f"{acc['pairs']['io_over_s']:.4f} (top-1 {acc['pairs']['top1']:.4f}); held-out templates "
               f"IO > S {acc['templates']['io_over_s']:.4f} (top-1 {acc['templates']['top1']:.4f}). "
-              f"Patching numbers: mean over {n_sets} pair sets ("
-              + ", ".join(f"template {t} {o}" for t, o in PAIR_SETS[::2])
-              + f", both orders) of {n_pairs} S2-swap pairs each ({n_sets * n_pairs} pairs), "
+              f"Patching numbers: mean over {n_sets} pair sets (templates "
+              + ", ".join(str(t) for t, _ in PAIR_SETS[::2])
+              + f", each in both name orders) of {n_pairs} S2-swap pairs each ({n_sets * n_pairs} pairs), "
               "normalised (0 = corrupted, 1 = clean); ablation and DLA numbers are shares of the clean "
               "logit difference. Templates by index: " + "; ".join(
                   f"{i}: \"{TEMPLATES[i]}\"" for i in sorted({t for t, _ in PAIR_SETS})) + ".", "",

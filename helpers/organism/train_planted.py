@@ -33,7 +33,7 @@ every MLP has no effect on the task.  Why each piece is there is in ``planted/MO
   + attention supervision (-log weight) on every role's route, a shortcut penalty on S2 -> IO
   for every head but the duplicate-token head, the negative mover's own readout ranking IO
   lowest (and still attending IO when its query reads the name mover's output from another
-  prompt: ``w_neg_path``), and a hinge on |direct logit attribution| above ``direct_tol`` for the
+  prompt: ``w_neg_path``; the backup's attention unchanged then, KL), and a hinge on |direct logit attribution| above ``direct_tol`` for the
   duplicate-token and S-inhibition heads, the decoy, the last block's other heads and every MLP
   (``mlp_direct``; the name mover's block's MLP gates the backup and must do nothing else).
 * **Curriculum.**  For the first ``strict_delay`` of the steps every non-designated component and
@@ -137,6 +137,11 @@ def _masks(c: dict) -> dict:
             "mlp_knock": torch.tensor([L != nm[0] for L in range(N_LAYER)])}
 
 
+def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Mean KL(p || q) of attention rows [n, seq]."""
+    return (p * (torch.log(p + 1e-9) - torch.log(q + 1e-9))).sum(-1).mean()
+
+
 def _clean_losses(model, b: dict, c: dict, alpha: float, scales: tuple) -> tuple[dict, dict]:
     """The clean run (bases and twins) and its losses: answer CE, attention, shortcut, silent
     backup, no direct effect outside the movers, the negative mover's readout."""
@@ -167,7 +172,12 @@ def _clean_losses(model, b: dict, c: dict, alpha: float, scales: tuple) -> tuple
               # the name mover writes: with the name mover's output from another group member in
               # its query only, it must still attend IO
               "neg_path": -torch.log(query_attention_without(model, clean, *neg, nm, b["source"], end)
-                                     [rows, io] + 1e-6).mean()}
+                                     [rows, io] + 1e-6).mean(),
+              # the backup is gated through the MLP of the name mover's block, not by reading the
+              # name mover's output in its query: that output from another group member (another
+              # name, still present) must leave its attention as it is (KL to the run's own)
+              "bk_path": _kl(att[bk[0]][rows, bk[1], end].detach(),
+                             query_attention_without(model, clean, *bk, nm, b["source"], end))}
     clean["logits"] = logits
     return clean, losses
 
@@ -221,7 +231,7 @@ def train(out: Path, **kw) -> dict:
                 + c["w_shortcut"] * lc["short"] + c["w_strict_ld"] * li["strict_ld"]
                 + alpha * c["w_neg_readout"] * lc["neg_readout"] + c["w_backup_silent"] * lc["silent"]
                 + c["w_direct"] * lc["direct"] + alpha * c["w_backup_ld"] * li["backup_ld"]
-                + alpha * c["w_abl"] * loss_abl + alpha * c["w_neg_path"] * lc["neg_path"])
+                + alpha * c["w_abl"] * loss_abl + alpha * c["w_neg_path"] * (lc["neg_path"] + lc["bk_path"]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), c["clip"])
