@@ -24,7 +24,7 @@ from helpers.circuits.planted_check import THRESHOLDS, check_planted, planted_sp
 from helpers.data.prompts import HELDOUT_TEMPLATES, NAMES
 from helpers.models.loaded import hf_model
 from helpers.organism import BUNDLED_MODELS
-from helpers.organism.planted_data import CAST, TRAINING_TEMPLATES, sample_step, vocabulary
+from helpers.organism.planted_data import CAST, TRAINING_TEMPLATES, extra_pairs, sample_step, vocabulary
 from helpers.organism.planted_losses import end_logits, forward, group_mean, query_attention_without
 from helpers.organism.planted_truth import all_edges, all_nodes, ground_truth
 from helpers.organism.train_ioi import name_pair_split
@@ -34,6 +34,11 @@ from stamps import Stamp
 FOLDER = BUNDLED_MODELS["ioi-planted"]
 TOL = 1e-8
 T = THRESHOLDS
+
+
+def shipped_extra_names() -> bool:
+    """Whether the shipped model was trained with the training-only names in its vocabulary."""
+    return bool(json.loads((FOLDER / "training.json").read_text())["extra_names"])
 
 
 def one(role):
@@ -96,7 +101,7 @@ def test_loads_by_name_as_a_small_gpt2(planted64):
     assert (FOLDER / "model.safetensors").stat().st_size < 5 * 2**20
     cfg = hf.config
     assert (cfg.n_layer, cfg.n_head) == (4, 4)
-    assert len(planted64.tokenizer.get_vocab()) == len(vocabulary())
+    assert planted64.tokenizer.get_vocab() == {w: i for i, w in enumerate(vocabulary(shipped_extra_names()))}
 
 
 def test_shipped_weights_match_their_checksum():
@@ -113,6 +118,9 @@ def test_heldout_sets_are_recorded_and_never_trained_on():
     assert record["heldout_templates"] == list(HELDOUT_TEMPLATES)
     assert record["training_templates"] == list(TRAINING_TEMPLATES)
     assert not set(HELDOUT_TEMPLATES) & set(TRAINING_TEMPLATES)
+    # training-only names are not names the checker or the chapters draw, and pair no held-out pair
+    assert not set(record["extra_names"]) & set(NAMES)
+    assert not {frozenset(p) for p in extra_pairs()} & {frozenset(p) for p in held}
 
 
 def test_the_checker_reads_the_cast_and_heldout_sets_from_the_model_folder():
@@ -164,7 +172,7 @@ def test_ground_truth_file_is_the_planted_graph():
 def test_the_training_forward_is_gpt2s_forward(plain64):
     """``planted_losses.forward`` (GPT-2 written out, used by every loss) gives the logits of
     ``GPT2LMHeadModel`` at END, for a training step's prompts and their twins."""
-    ids = {w: i for i, w in enumerate(vocabulary())}
+    ids = {w: i for i, w in enumerate(vocabulary(shipped_extra_names()))}
     b = sample_step(random.Random(0), ids, name_pair_split(0)[0], 2, 4)
     with torch.no_grad():
         got = end_logits(plain64, forward(plain64, b["x"])["resid"], b["end"])
@@ -176,7 +184,7 @@ def test_the_path_term_is_the_receivers_attention_and_changes_only_with_the_send
     """``query_attention_without`` with every row its own donor is the run's attention of the
     receiver (an identity); with another row's sender output only the query moves: the keys are
     the run's, so a sender that writes nothing changes nothing."""
-    ids = {w: i for i, w in enumerate(vocabulary())}
+    ids = {w: i for i, w in enumerate(vocabulary(shipped_extra_names()))}
     b = sample_step(random.Random(1), ids, name_pair_split(0)[0], 2, 4)
     rows = torch.arange(len(b["x"]))
     with torch.no_grad():

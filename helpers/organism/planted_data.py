@@ -122,15 +122,30 @@ EXTRA_FILLERS: tuple[str, ...] = (
 TRAINING_FILLERS: tuple[str, ...] = FILLERS + EXTRA_FILLERS
 
 
+#: Training-only names (never in ``helpers.data.prompts.NAMES``, never in a checked prompt): with
+#: probability ``p_extra`` a training prompt's pair has at least one of them.  More distinct names
+#: make the name mover's "not the subject" comparison a generic one instead of one learned pair by
+#: pair, which is what held-out name pairs test.
+EXTRA_NAMES: tuple[str, ...] = ("Oliver", "Sophie", "Henry", "Olivia", "Jack", "Lucy", "Adam",
+                                "Nora", "Ruth", "Simon", "Clara", "Victor", "Irene", "Oscar",
+                                "Hannah", "Leo", "Zoe", "Max", "Ella", "Ben")
+
+
+def extra_pairs() -> list[tuple[str, str]]:
+    """Every unordered pair with at least one name of ``EXTRA_NAMES`` (none is a held-out pair)."""
+    names = list(NAMES) + list(EXTRA_NAMES)
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if a in EXTRA_NAMES or b in EXTRA_NAMES]
+
+
 def designated() -> set[tuple[int, int]]:
     """Every head of the cast (layer, head)."""
     return {h for heads in CAST.values() for h in heads}
 
 
-def vocabulary() -> list[str]:
-    """Specials, then every word of the templates (training and held out), fillers, names,
-    places and objects."""
-    words: set[str] = set(NAMES) | set(PLACES) | set(OBJECTS)
+def vocabulary(extra_names: bool = False) -> list[str]:
+    """Specials, then every word of the templates (training and held out), fillers, names
+    (``EXTRA_NAMES`` too if ``extra_names``), places and objects."""
+    words: set[str] = set(NAMES) | set(PLACES) | set(OBJECTS) | (set(EXTRA_NAMES) if extra_names else set())
     for text in (TRAINING_TEMPLATES + HELDOUT_TEMPLATES + TRAINING_FILLERS + INTROS
                  + FIRST_CLAUSES + JOINS + S_CLAUSES):
         words |= set(WORD_RE.findall(re.sub(r"\{\w+\}", " ", text)))
@@ -158,12 +173,13 @@ def check_split() -> None:
 
 def sample_step(rng: random.Random, ids: dict[str, int], name_pairs: list, groups: int,
                 group_size: int, max_fillers: int = 2, p_listed: float = 0.4,
-                p_scrambled: float = 0.0) -> dict[str, torch.Tensor]:
+                p_scrambled: float = 0.0, more_pairs: list | None = None,
+                p_extra: float = 0.0) -> dict[str, torch.Tensor]:
     """One step's clean prompts: ``groups`` aligned groups of ``group_size`` base prompts (same
     template (one of ``TRAINING_TEMPLATES`` with probability ``p_listed``, a scrambled one with
     ``p_scrambled``, else a generated one),
     fillers, place and object; names and order drawn independently), followed by each
-    base prompt's *twin*: the same prompt with S2 replaced by the IO name (the S2-swap corruption,
+    base prompt's *twin* (a pair from ``more_pairs`` with probability ``p_extra``): the same prompt with S2 replaced by the IO name (the S2-swap corruption,
     whose answer is the base's S).  Rows ``0 .. n-1`` are the bases, ``n .. 2n-1`` their twins.
 
     Returns token ids ``x`` [2n, seq] (right-padded), role positions ``io``/``s1``/``s2``/``end``
@@ -173,7 +189,8 @@ def sample_step(rng: random.Random, ids: dict[str, int], name_pairs: list, group
     seqs, rec = [], {k: [] for k in ("io", "s1", "s2", "end", "io_id", "s_id", "group", "source",
                                      "slot")}
     n = groups * group_size
-    plain_words = [w for w in ids if w not in SPECIALS and w not in NAMES and w.isalpha()]
+    plain_words = [w for w in ids if w not in SPECIALS and w not in NAMES and w not in EXTRA_NAMES
+                   and w.isalpha()]
     for g in range(groups):
         u = rng.random()
         template = (rng.choice(TRAINING_TEMPLATES) if u < p_listed
@@ -183,7 +200,7 @@ def sample_step(rng: random.Random, ids: dict[str, int], name_pairs: list, group
         fillers = [rng.choice(TRAINING_FILLERS) for _ in range(rng.randint(0, max_fillers))]
         shift = rng.randint(1, group_size - 1)
         for m in range(group_size):
-            io, s = rng.choice(name_pairs)
+            io, s = rng.choice(more_pairs if p_extra > 0 and rng.random() < p_extra else name_pairs)
             if rng.random() < 0.5:
                 io, s = s, io
             order = rng.choice(("ABBA", "BABA"))

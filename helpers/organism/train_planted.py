@@ -57,9 +57,9 @@ import torch
 import torch.nn.functional as F
 
 from helpers.data.prompts import HELDOUT_TEMPLATES
-from helpers.organism.planted_data import (CAST, D_MODEL, EXTRA_TEMPLATES, N_HEAD, N_LAYER,
-                                           TRAINING_TEMPLATES, check_split, designated, sample_step,
-                                           vocabulary)
+from helpers.organism.planted_data import (CAST, D_MODEL, EXTRA_NAMES, EXTRA_TEMPLATES, N_HEAD,
+                                           N_LAYER, TRAINING_TEMPLATES, check_split, designated,
+                                           extra_pairs, sample_step, vocabulary)
 from helpers.organism.planted_iit import iit_rows
 from helpers.organism.planted_losses import (end_logits, forward, group_mean, head_dla, head_readout,
                                              mlp_dla, nll, query_attention_without)
@@ -77,7 +77,7 @@ DEFAULTS = dict(steps=2000, d_model=D_MODEL, p_listed=0.4, p_scrambled=0.25,
                 w_strict_ld=1.0, backup_tol=0.5, w_backup_silent=1.0, direct_tol=0.3, w_direct=1.0,
                 mlp_strict=(0, 1, 2, 3), p_strict_backup=1.0, clip=1.0, strict_delay=0.25,
                 strict_ramp=0.25, w_abl=2.0, takeover=0.75, without_backup=0.05, neg_gain=0.15,
-                w_backup_ld=1.0, mlp_direct=(0, 1, 2, 3), w_neg_path=0.5,
+                w_backup_ld=1.0, mlp_direct=(0, 1, 2, 3), w_neg_path=0.5, p_extra_names=0.0,
                 log_every=100)
 
 
@@ -198,7 +198,7 @@ def train(out: Path, **kw) -> dict:
     torch.set_num_threads(c["threads"])
     torch.manual_seed(c["seed"])
     torch.use_deterministic_algorithms(True)
-    vocab = vocabulary()
+    vocab = vocabulary(extra_names=c["p_extra_names"] > 0)
     ids = {w: i for i, w in enumerate(vocab)}
     train_pairs, held_pairs = name_pair_split(c["seed"])
     held_ids = {frozenset((ids[a], ids[b])) for a, b in held_pairs}
@@ -211,10 +211,11 @@ def train(out: Path, **kw) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c["lr"], total_steps=steps, pct_start=0.05)
     masks = _masks(c)
+    more = extra_pairs()
     start, cpu_start, history = time.time(), time.process_time(), []
     for step in range(1, steps + 1):
         b = sample_step(rng, ids, train_pairs, c["groups"], c["group_size"], p_listed=c["p_listed"],
-                        p_scrambled=c["p_scrambled"])
+                        p_scrambled=c["p_scrambled"], more_pairs=more, p_extra=c["p_extra_names"])
         # phase 1 (the first strict_delay of the steps): the components outside the cast are
         # knocked out, so the task can only be learned by the cast; then they are ramped in
         alpha = min(1.0, max(0.0, step / steps - c["strict_delay"]) / max(1e-9, c["strict_ramp"]))
@@ -260,6 +261,7 @@ def train(out: Path, **kw) -> dict:
         "vocab_size": len(vocab), "parameters": sum(p.numel() for p in model.parameters()),
         "cast": {role: [f"a{L}.h{H}" for L, H in heads] for role, heads in CAST.items()},
         "heldout_name_pairs": [list(p) for p in held_pairs],
+        "extra_names": list(EXTRA_NAMES) if c["p_extra_names"] > 0 else [],
         "heldout_templates": list(HELDOUT_TEMPLATES),
         "training_templates": list(TRAINING_TEMPLATES),
         "extra_training_templates": list(EXTRA_TEMPLATES),
