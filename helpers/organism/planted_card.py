@@ -49,6 +49,7 @@ def card(record: dict) -> str:
     check, m = record["check"], record["check"]["measured"]
     extra = record["extra_training_templates"]
     n_sets, n_pairs = len(PAIR_SETS), 16
+    nm = "L{}H{}".format(*record["cast"]["name_mover"][0][1:].split(".h"))
     acc = {s: m[f"accuracy_heldout_{s}"] for s in ("pairs", "templates")}
     lines = [
         "# Model card: `ioi-planted`", "",
@@ -111,7 +112,21 @@ def card(record: dict) -> str:
               "Mean ablation (logit difference / clean): " + ", ".join(
                   f"{k} {v:.3f}" for k, v in m["ablation_mean"].items()) + "; resample: " + ", ".join(
                   f"{k} {v:.3f}" for k, v in m["ablation_resample"].items()) + ".", "",
-              f"Thresholds: {json.dumps(THRESHOLDS)}", ""]
+              f"Thresholds: {json.dumps(THRESHOLDS)}", "",
+              "## What to expect from a circuit-discovery method", "",
+              "- **The backup** is silent on a clean run (its single-head and path scores are near 0) and "
+              "answers only when the name mover's output is *missing*: mean ablation of the name mover "
+              f"keeps {m['ablation_mean'][nm]:.2f} of the logit difference, while resample ablation "
+              f"(another prompt's name-mover output: present but wrong) keeps {m['ablation_resample'][nm]:.2f}. "
+              "Methods that score edges on clean/corrupted pairs will not see it; the truth marks it "
+              "`backup: true` so it can be counted either way.",
+              "- **The decoy** attends END → IO like the name mover and writes nothing that matters: a "
+              "method that reads attention patterns will flag it, one that measures effects will not.",
+              "- **The negative mover** has a real, negative effect (`sign: -1`); methods ranking by "
+              "signed scores put it last, by absolute scores among the top.",
+              "- **Training-only names**: " + (", ".join(record["extra_names"]) + " (in the vocabulary, "
+                                               "never in a checked prompt; `helpers.ioi_pairs` draws from "
+                                               "`NAMES` only)." if record["extra_names"] else "none."), ""]
     return "\n".join(lines)
 
 

@@ -33,9 +33,13 @@ every MLP has no effect on the task.  Why each piece is there is in ``planted/MO
   + attention supervision (-log weight) on every role's route, a shortcut penalty on S2 -> IO
   for every head but the duplicate-token head, the negative mover's own readout ranking IO
   lowest (and still attending IO when its query reads the name mover's output from another
-  prompt: ``w_neg_path``; the backup's attention unchanged then, KL), and a hinge on |direct logit attribution| above ``direct_tol`` for the
-  duplicate-token and S-inhibition heads, the decoy, the last block's other heads and every MLP
-  (``mlp_direct``; the name mover's block's MLP gates the backup and must do nothing else).
+  prompt: ``w_neg_path``; the backup's attention unchanged then, KL), and a hinge on |direct
+  logit attribution| above ``direct_tol`` (``late_direct_tol`` from the name mover's block on)
+  for the duplicate-token and S-inhibition heads, the decoy, the last block's other heads and
+  every MLP (``mlp_direct``; the name mover's block's MLP gates the backup, nothing else).
+* **Names.**  With probability ``p_extra_names`` a prompt's pair has a training-only name
+  (``planted_data.EXTRA_NAMES``): more distinct names make the name mover's comparison generic
+  (held-out name pairs are pairs never seen together).
 * **Curriculum.**  For the first ``strict_delay`` of the steps every non-designated component and
   the negative mover are knocked out (outputs times 0), so the task can only be learned by the
   cast; then they are ramped in (x alpha, 0 -> 1 over ``strict_ramp``) under strictness.
@@ -74,10 +78,11 @@ DEFAULTS = dict(steps=2000, d_model=D_MODEL, p_listed=0.4, p_scrambled=0.25,
                 kinds=("dt", "si", "nm", "backup", "backup_dt", "backup_si"), w_neg_readout=0.25,
                 off_role=False, w_rest=0.0, groups=2, group_size=8, lr=3e-3, seed=0, threads=1,
                 p_strict=0.5, p_strict_iit=0.5, w_iit=1.0, w_attn=0.5, w_shortcut=1.0,
-                w_strict_ld=1.0, backup_tol=0.5, w_backup_silent=1.0, direct_tol=0.3, w_direct=1.0,
+                w_strict_ld=1.0, backup_tol=0.5, w_backup_silent=1.0, direct_tol=0.5,
+                late_direct_tol=0.25, w_direct=1.0,
                 mlp_strict=(0, 1, 2, 3), p_strict_backup=1.0, clip=1.0, strict_delay=0.25,
                 strict_ramp=0.25, w_abl=2.0, takeover=0.75, without_backup=0.05, neg_gain=0.15,
-                w_backup_ld=1.0, mlp_direct=(0, 1, 2, 3), w_neg_path=0.5, p_extra_names=0.0,
+                w_backup_ld=1.0, mlp_direct=(0, 1, 2, 3), w_neg_path=0.5, p_extra_names=0.5,
                 log_every=100)
 
 
@@ -162,11 +167,16 @@ def _clean_losses(model, b: dict, c: dict, alpha: float, scales: tuple) -> tuple
                      for L in range(N_LAYER) for h in range(N_HEAD) if (L, h) != dt)
     last = [(N_LAYER - 1, h) for h in range(N_HEAD) if (N_LAYER - 1, h) not in designated()]
     dla = {h: head_dla(model, clean, *h, end, io_id, s_id) for h in [dt, si, bk, dec] + last}
-    direct = [dla[h] for h in [dt, si, dec] + last] + [mlp_dla(model, clean, L, end, io_id, s_id)
-                                                       for L in c["mlp_direct"]]
+    # tolerance per component: ``late_direct_tol`` for what comes after the name mover's attention
+    # (its block's MLP, the decoy beside it, the last block), which cannot shape how the name mover
+    # tells the names apart; ``direct_tol`` before it
+    late = lambda layer: layer >= nm[0]  # noqa: E731
+    direct = ([(dla[h], late(h[0])) for h in [dt, si, dec] + last]
+              + [(mlp_dla(model, clean, L, end, io_id, s_id), late(L)) for L in c["mlp_direct"]])
     losses = {"ce": F.cross_entropy(logits, io_id), "att": loss_att, "short": loss_short,
               "silent": F.relu(dla[bk].abs() - c["backup_tol"]).mean(),
-              "direct": sum(F.relu(d.abs() - c["direct_tol"]).mean() for d in direct),
+              "direct": sum(F.relu(d.abs() - c["late_direct_tol" if after else "direct_tol"]).mean()
+                            for d, after in direct),
               "neg_readout": F.cross_entropy(-head_readout(model, clean, *neg, end), io_id),
               # the negative mover finds IO by the S-inhibition head's signal, not by reading what
               # the name mover writes: with the name mover's output from another group member in
