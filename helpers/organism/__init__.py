@@ -3,6 +3,8 @@ project on synthetic text, shipped with their tokenizers so they load offline.
 
 * ``ioi`` - four layers, four heads, trained on IOI prompts (see ``ioi/MODEL_CARD.md``).
 * ``refusal`` - three layers, four heads, a toy refusal behaviour (``refusal/MODEL_CARD.md``).
+* ``planted`` - four layers, four heads, trained so that designated heads play Wang et al.'s IOI
+  cast; its circuit ships as ``planted/ground_truth.json`` (``planted/MODEL_CARD.md``).
 """
 from __future__ import annotations
 
@@ -14,4 +16,5 @@ ORGANISM_DIR = Path(__file__).resolve().parent
 BUNDLED_MODELS: dict[str, Path] = {
     "ioi-tiny": ORGANISM_DIR / "ioi",
     "refusal-tiny": ORGANISM_DIR / "refusal",
+    "ioi-planted": ORGANISM_DIR / "planted",
 }
