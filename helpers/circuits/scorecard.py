@@ -124,8 +124,8 @@ def method_scores(model: Any, pairs: PromptPairs, method: str, seed: int = 0) ->
 class MethodRow:
     """One method's line of the scorecard (module docstring): ``auroc`` keyed ``"edge/positive"``
     etc. (level / how backups count); ``cpr`` / ``cmd`` per ablation (None for a set);
-    ``set_faithfulness`` per ablation (the greedy circuit's); ``node_rank`` of each named node
-    (1 = highest ``|score|``; ties share the best rank); ``in_set`` for a set."""
+    ``set_faithfulness`` per ablation (the greedy circuit's); ``node_rank`` of every sender node
+    (1 = highest ``|score|``; ties share the best rank); ``in_set`` (decoy, backup) for a set."""
 
     method: str
     auroc: dict[str, float]
@@ -139,9 +139,10 @@ class MethodRow:
     in_set: dict[str, bool] = field(default_factory=dict)
     circuit_edges: int | None = None
     curves: dict[str, Any] = field(default_factory=dict)
+    roc: dict[str, Any] = field(default_factory=dict)  # "edge/positive" etc. -> TruthScore (fpr, tpr)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "curves"} | {
+        return {k: v for k, v in self.__dict__.items() if k not in ("curves", "roc")} | {
             "curves": {a: c.to_dict() for a, c in self.curves.items()}}
 
 
@@ -167,8 +168,8 @@ def scorecard(model: Any, pairs: PromptPairs, truth: Circuit, methods: Sequence[
         start, cpu = time.perf_counter(), time.process_time()
         scores, circuit = method_scores(model, pairs, method, seed)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-        auroc = {f"{lvl}/{b}": score_against_truth(scores, truth, level=lvl, backups=b).roc_auc
-                 for lvl, b in AUROC_COLUMNS}
+        roc = {f"{lvl}/{b}": score_against_truth(scores, truth, level=lvl, backups=b) for lvl, b in AUROC_COLUMNS}
+        auroc = {k: v.roc_auc for k, v in roc.items()}
         cpr: dict[str, float | None] = {}
         cmd: dict[str, float | None] = {}
         curves, set_f = {}, {}
@@ -179,10 +180,10 @@ def scorecard(model: Any, pairs: PromptPairs, truth: Circuit, methods: Sequence[
             else:
                 cpr[ablation] = cmd[ablation] = None
                 set_f[ablation] = evaluate_edges(model, pairs, circuit, ablation).faithfulness()[0]
-        ranks = {n: _rank(scores.nodes, graph.senders.index(n)) for n in watched}
+        ranks = {n: _rank(scores.nodes, i) for i, n in enumerate(graph.senders)}
         in_set = {} if circuit is None else {n: n in circuit for n in watched}
         rows.append(MethodRow(method, auroc, cpr, cmd, set_f, wall, cpu, ranks, scores.top(6, level="node"),
-                              in_set, None if circuit is None else len(circuit), curves))
+                              in_set, None if circuit is None else len(circuit), curves, roc))
     return Scorecard(rows, truth, model.anatomy.name, len(pairs), list(ablations))
 
 
@@ -203,14 +204,14 @@ class Scorecard:
                 return r
         raise KeyError(f"no row for {method!r}; the rows are {[r.method for r in self.rows]}")
 
-    def table(self, digits: int = 2) -> str:
+    def table(self, digits: int = 2, timing: bool = True) -> str:
         """The markdown table: AUROC (edges, nodes; backups as positives / negatives), CPR and CMD
-        per ablation, wall and CPU seconds."""
+        per ablation, and (``timing``) wall and CPU seconds."""
         head = ["method", "edge AUROC (backup +)", "edge AUROC (backup −)", "node AUROC (backup +)",
                 "node AUROC (backup −)"]
         for a in self.ablations:
             head += [f"CPR ({a})", f"CMD ({a})"]
-        head += ["wall (s)", "CPU (s)"]
+        head += ["wall (s)", "CPU (s)"] if timing else []
         body = []
         for r in self.rows:
             line = [r.method] + [num(r.auroc[f"{lvl}/{b}"], digits) for lvl, b in AUROC_COLUMNS]
@@ -219,7 +220,7 @@ class Scorecard:
                     line += [f"set: f = {num(r.set_faithfulness[a], digits)}", "—"]
                 else:
                     line += [num(r.cpr[a], digits), num(r.cmd[a], digits)]
-            line += [num(r.seconds, 2), num(r.cpu_seconds, 2)]
+            line += [num(r.seconds, 2), num(r.cpu_seconds, 2)] if timing else []
             body.append(line)
         return md_table(head, body)
 
@@ -229,13 +230,19 @@ class Scorecard:
         backup = t.backup_nodes if t.backup_nodes is not None else torch.zeros_like(t.nodes)
         return [n for n, on, b in zip(t.graph.senders, t.nodes[:-1].tolist(), backup[:-1].tolist()) if on and not b]
 
+    def watched(self) -> list[str]:
+        """The decoy and backup name mover nodes of the truth."""
+        return role_nodes(self.truth, "class", "decoy") + role_nodes(self.truth, "role", "backup_name_mover")
+
     def findings(self) -> list[str]:
         """One sentence per method and watched head (decoy, backup): its node rank against the
         number of planted nodes, and what that means; then what counting backups changes."""
         k, n = len(self.positives()), len(self.truth.graph.senders)
+        watched = self.watched()
         out = []
         for r in self.rows:
-            for node, rank in r.node_rank.items():
+            for node in watched:
+                rank = r.node_rank[node]
                 decoy = node in role_nodes(self.truth, "class", "decoy")
                 what = "the decoy" if decoy else "the backup name mover"
                 if r.in_set:
