@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import helpers as H
-from helpers.circuits import scorecard as sc
+from helpers.circuits import discovery, scorecard as sc
 
 K_EDGES = 8
 
@@ -126,3 +126,60 @@ def test_a_model_without_a_truth_is_refused_with_what_to_give(planted):
         sc.load_truth("ioi-tiny")
     with pytest.raises(ValueError, match="unknown methods"):
         sc.scorecard(model, pairs, truth, methods=("acdc",))
+
+
+# ------------------------------------------------------------------ chapter 11's explain, figures and part 2
+
+def test_the_lessons_name_exactly_the_methods_that_rank_the_decoy_in_the_top_k(card, planted):
+    decoy = planted[4]
+    k = len(card.positives())
+    first = H.explain.discovery.lessons(card).data.split("\n")[0]
+    listed = first.split(f"top {k} nodes by ", 1)[1].split(".")[0]
+    named = set() if listed == "no method" else set(listed.replace(" and ", ", ").split(", "))
+    fooled = {r.method for r in card.rows if (r.in_set[decoy] if r.in_set else r.node_rank[decoy] <= k)}
+    assert named == fooled
+
+
+def test_the_roc_figure_draws_one_curve_per_method_and_chance(card):
+    fig = H.figures.discovery.roc_curves(card, "positive")
+    assert [len(ax.get_lines()) for ax in fig.axes] == [len(card.rows) + 1] * 2
+    fig = H.figures.discovery.node_ranks(card)
+    assert fig.axes[0].get_yticklabels()[0].get_text() == card.rows[0].method
+
+
+def test_by_hand_agreement_is_judged_relative_to_the_largest_score():
+    same = H.explain.discovery.by_hand("a2.h0->logits", 1.0, 1.0 + 1e-7, 10.0).data
+    off = H.explain.discovery.by_hand("a2.h0->logits", 1.0, 1.5, 10.0).data
+    assert "the same number" in same and "differ by 0.5000" in off
+
+
+def test_node_overlap_on_a_worked_example():
+    ov = discovery.node_overlap(["L1H0", "L2H1", "L3H3"], ["L2H1", "L0H0"])
+    assert ov["both"] == ["L2H1"] and ov["only_hand"] == ["L0H0"] and ov["only_found"] == ["L1H0", "L3H3"]
+    assert ov["jaccard"] == pytest.approx(1 / 4)
+
+
+def test_a_head_circuit_holds_only_edges_among_its_heads_the_mlps_input_and_logits():
+    g = H.EdgeGraph(4, 4, 4)
+    c = discovery.head_circuit(g, ["L1H2", "L3H0"])
+    members = {"input", "logits", "a1.h2", "a3.h0", "m0", "m1", "m2", "m3"}
+    senders, receivers = g.edge_nodes()
+    inside = {(s, r) for s, r, on in zip(senders, receivers, c.edges.tolist()) if on}
+    assert all(s in members and r in members for s, r in inside)
+    assert ("a1.h2", "a3.h0") in inside and ("a3.h0", "logits") in inside
+    assert discovery.circuit_heads(c) == ["L1H2", "L3H0"]
+    with pytest.raises(ValueError, match="not in this model"):
+        discovery.head_circuit(g, ["L9H0"])
+
+
+def test_the_smallest_faithful_size_is_the_first_to_reach_the_target(card):
+    curve = card.row("exact").curves["counterfactual"]
+    i = discovery.smallest_faithful(curve, 0.8)
+    f = curve.faithfulness["absolute"]
+    reach = [j for j, v in enumerate(f[:-1]) if v >= 0.8 and curve.edges["absolute"][j] > 0]
+    assert i == (reach[0] if reach else max(range(len(f) - 1), key=lambda j: f[j]))
+
+
+def test_the_recorded_hand_found_heads_are_chapter_10s_class_members():
+    hand = discovery.hand_found(None, None, "smollm2-135m")
+    assert hand.source == "recorded" and "L23H0" in hand.heads and len(hand.heads) == 7

@@ -257,7 +257,7 @@ class Scorecard:
                                else f"fine: below the top {k}")
                 else:
                     verdict = (f"found: within the top {k}" if top else
-                               f"MISSED: below the top {k} (silent on a clean run)")
+                               f"MISSED: below the top {k}")
                 out.append(f"{r.method}: {what} {node} ranks {rank} of {n} nodes by |score| — {verdict}.")
             drop = r.auroc["edge/negative"] - r.auroc["edge/positive"]
             if drop > 0:

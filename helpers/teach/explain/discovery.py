@@ -24,7 +24,7 @@ def by_hand(edge: str, hand: float, helper: float, scale: float) -> Markdown:
                "every edge at once" if same else
                f"they differ by {num(diff, 4)} ({pct(diff / max(scale, 1e-12), 1)} of the largest edge score): "
                "look for a sign flip or a position left out")
-    return markdown(f"**{edge}**: by hand {num(hand, 4)}, `H.edge_attribution` {num(helper, 4)} — {verdict}.")
+    return markdown(f"**{edge}**: by hand {num(hand, 2)}, `H.edge_attribution` {num(helper, 2)} — {verdict}.")
 
 
 def scorecard(card: Any) -> Markdown:
@@ -32,8 +32,10 @@ def scorecard(card: Any) -> Markdown:
     best = max(card.rows, key=lambda r: r.auroc["edge/negative"])
     best_node = max(card.rows, key=lambda r: r.auroc["node/negative"])
     rand = next((r for r in card.rows if r.method == "random"), None)
-    chance = (f" The random ranking's {num(rand.auroc['edge/negative'])} is what chance gives on these "
-              f"{len(card.truth.graph.edges)} edges." if rand else "")
+    n_pos = rand.roc["edge/negative"].n_positive if rand else 0
+    chance = (f" A random ranking's AUROC is 0.5 on average; with only {n_pos} planted edges one seed can land "
+              f"far from it (this seed: {num(rand.auroc['edge/negative'])} over edges, "
+              f"{num(rand.auroc['node/negative'])} over nodes)." if rand else "")
     return markdown(card.table(timing=False),
                     f"Best edge AUROC (backups counted as negatives): **{best.method}**, "
                     f"{num(best.auroc['edge/negative'])}; best node AUROC: **{best_node.method}**, "
