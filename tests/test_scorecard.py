@@ -183,3 +183,12 @@ def test_the_smallest_faithful_size_is_the_first_to_reach_the_target(card):
 def test_the_recorded_hand_found_heads_are_chapter_10s_class_members():
     hand = discovery.hand_found(None, None, "smollm2-135m")
     assert hand.source == "recorded" and "L23H0" in hand.heads and len(hand.heads) == 7
+
+
+def test_the_exercise_check_accepts_the_best_edge_auroc_only(card, capsys):
+    best = max(card.rows, key=lambda r: r.auroc["edge/negative"]).method
+    worst = min(card.rows, key=lambda r: r.auroc["edge/negative"]).method
+    assert H.checks.check_best_auroc(best, card) is True
+    assert H.checks.check_best_auroc(worst, card) is False
+    assert H.checks.check_best_auroc(None, card) is False
+    assert "Hint" in capsys.readouterr().out

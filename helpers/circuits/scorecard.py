@@ -97,7 +97,8 @@ def greedy_circuit(model: Any, pairs: PromptPairs, threshold: float = 0.8) -> tu
     senders, receivers = graph.edge_nodes()
     mask = torch.tensor([s in members and r in members for s, r in zip(senders, receivers)])
     edges, nodes = prune(graph, mask)
-    return Circuit(graph, edges, nodes), search
+    info = {"members": list(search.members), "joint_patching_score": search.score, "reached": search.reached}
+    return Circuit(graph, edges, nodes, info=info), search
 
 
 def _as_scores(circuit: Circuit, model_name: str, n: int) -> EdgeScores:
@@ -138,6 +139,7 @@ class MethodRow:
     top_nodes: list[tuple[str, float]]
     in_set: dict[str, bool] = field(default_factory=dict)
     circuit_edges: int | None = None
+    search: dict[str, Any] = field(default_factory=dict)  # the greedy search: members, joint patching score
     curves: dict[str, Any] = field(default_factory=dict)
     roc: dict[str, Any] = field(default_factory=dict)  # "edge/positive" etc. -> TruthScore (fpr, tpr)
 
@@ -183,7 +185,8 @@ def scorecard(model: Any, pairs: PromptPairs, truth: Circuit, methods: Sequence[
         ranks = {n: _rank(scores.nodes, i) for i, n in enumerate(graph.senders)}
         in_set = {} if circuit is None else {n: n in circuit for n in watched}
         rows.append(MethodRow(method, auroc, cpr, cmd, set_f, wall, cpu, ranks, scores.top(6, level="node"),
-                              in_set, None if circuit is None else len(circuit), curves, roc))
+                              in_set, None if circuit is None else len(circuit),
+                              {} if circuit is None else dict(circuit.info), curves, roc))
     return Scorecard(rows, truth, model.anatomy.name, len(pairs), list(ablations))
 
 
@@ -259,6 +262,11 @@ class Scorecard:
                     verdict = (f"found: within the top {k}" if top else
                                f"MISSED: below the top {k}")
                 out.append(f"{r.method}: {what} {node} ranks {rank} of {n} nodes by |score| — {verdict}.")
+            if r.search:
+                f = "; ".join(f"{num(v)} ({a})" for a, v in r.set_faithfulness.items())
+                out.append(f"{r.method}: its nodes ({', '.join(r.search['members']) or 'none'}) patched together "
+                           f"restore {num(r.search['joint_patching_score'])} of the gap (denoising), but as a "
+                           f"circuit of {r.circuit_edges} edges with every other edge ablated they keep f = {f}.")
             drop = r.auroc["edge/negative"] - r.auroc["edge/positive"]
             if drop > 0:
                 out.append(f"{r.method}: counting the backup's edges as positives lowers its edge AUROC by "

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from helpers.base.fmt import num
 
@@ -61,6 +62,7 @@ def node_ranks(card: Any) -> Any:
     ax.set(yticks=range(len(card.rows)), yticklabels=[r.method for r in card.rows], xlim=(0.5, n + 0.5),
            xlabel=f"rank by |node score| (1 = first, of {n}; tied nodes share the best rank)")
     ax.invert_yaxis()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title("Where each method ranks the planted nodes, the decoy and the backup")
     fig.tight_layout()
