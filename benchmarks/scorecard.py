@@ -73,6 +73,12 @@ def main() -> int:
     print("What the numbers say:")
     for line in card.findings():
         print(f"- {line}")
+    print("\nWhy these are the failures to look for: a decoy attends like a name mover but writes nothing, so a "
+          "method that measures effects should rank it low and one that reads attention would rank it high; a "
+          "backup name mover is trained to be silent while the name mover works, so every method here, which "
+          "compares a clean and a corrupted run with the rest of the model intact, has no difference to see "
+          "(finding it needs the name mover ablated first). A greedy node set that restores the behaviour when "
+          "patched together can keep nothing as a circuit of edges: its downstream heads are outside it.")
     data = card.to_dict() | {"machine": cpu, "template": args.template, "order": args.order, "seed": args.seed,
                              "torch": torch.__version__}
     out = Path(args.out)
