@@ -64,7 +64,7 @@ def overlap(ov: Mapping[str, Any], source: str, size: int, share: float, f: floa
     return markdown(
         f"The automatic circuit: the top {size} edges ({pct(share, 1)} of the graph), faithfulness "
         f"{num(f)} under {ablation} ablation; its nodes hold **{ov['n_found']} heads**. The hand-found "
-        f"circuit has **{ov['n_hand']}** ({source}).",
+        f"circuit has **{ov['n_hand']}** heads — {source}.",
         f"In both: {join(ov['both']) if ov['both'] else 'none'} — {len(ov['both'])} of the hand-found "
         f"{ov['n_hand']}; Jaccard index {num(ov['jaccard'])}. Only hand-found: "
         f"{join(ov['only_hand']) if ov['only_hand'] else 'none'}. Found only automatically: "
