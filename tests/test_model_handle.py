@@ -59,7 +59,16 @@ CALLS = {
     "faithfulness_curve": lambda m, p: H.faithfulness_curve(m, p, _fixed_scores(), percentages=(0.1, 1.0)),
     "edge_graph": lambda m, p: H.edge_graph(m),
     "exact_edge_patching": lambda m, p: H.exact_edge_patching(m, p, ["a3.h0->logits"]),
+    "scorecard": lambda m, p: _scorecard().scorecard(m, p[:2], H.circuit_from_edges(
+        H.EdgeGraph(4, 4, 4), ["input->a3.h0<v>", "a3.h0->logits"]), methods=("eap", "greedy", "random"),
+        ablations=("counterfactual",)),
 }
+
+
+def _scorecard():
+    from helpers.circuits import scorecard
+
+    return scorecard
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))

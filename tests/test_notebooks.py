@@ -37,7 +37,8 @@ BUNDLED = ("ioi-tiny", "refusal-tiny")
 REAL_MODEL = [nb for nb in NOTEBOOKS if default_parameter(nb, "model_name") == "smollm2-135m"]
 #: chapters that stop, with this error, at a helper that does not run on remote models yet
 LOCAL_ONLY = {"09": "path patching runs on a local model only for now",
-              "10": "run on a local model only for now"}
+              "10": "run on a local model only for now",
+              "11": "run on a local model only"}
 
 
 def _bundled(nb: Path) -> str:

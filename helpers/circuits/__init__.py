@@ -10,8 +10,10 @@ candidates, decisions, group tests), ``roles`` (what the heads outside the class
 template, path-share definitions) and ``behaviour`` (the behaviour per template); for circuits of edges
 (MIB's graph): ``edge_circuits`` (circuits, MIB's top-n and pruning), ``edge_evaluation``
 (edge-level ablation, MIB's faithfulness curve, CPR, CMD), ``truth`` (precision / recall and ROC
-AUC against a known circuit), ``mib_format`` (MIB's circuit JSON) and ``planted_check`` (every
-planted role of ``ioi-planted``, or of a retrain of it, measured against fixed thresholds).  May import
+AUC against a known circuit), ``mib_format`` (MIB's circuit JSON), ``planted_check`` (every
+planted role of ``ioi-planted``, or of a retrain of it, measured against fixed thresholds),
+``scorecard`` (every discovery method scored against a planted circuit) and ``discovery`` (an
+automatic circuit beside a hand-found one).  May import
 ``helpers.methods`` and every layer below it.  Re-exports the public names of the former
 ``helpers.circuits`` module.
 """

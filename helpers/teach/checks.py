@@ -19,7 +19,7 @@ from helpers.base.guard import checked, rules_of
 from helpers.methods.sweeps import PatchResult
 
 __all__ = ["check_normalised_score", "check_peak_position", "check_top_head", "check_direction_word",
-           "solution", "SOLUTIONS"]
+           "check_best_auroc", "solution", "SOLUTIONS"]
 
 SOLUTIONS = {
     "normalised_score": "score = (patched - corrupted) / (clean - corrupted): subtract the corrupted "
@@ -28,6 +28,8 @@ SOLUTIONS = {
                      "the answer is r.labels['position'][int(row.argmax())].",
     "top_head": "r = patch_heads(model, pairs); s = r.grid(); l, h = divmod(int(s.argmax()), "
                 "s.shape[1]); the answer is H.fmt.head_name(l, h), e.g. 'L0H3'.",
+    "best_auroc": "best = max(card.rows, key=lambda r: r.auroc['edge/negative']); the answer is "
+                  "best.method (the scorecard table's column 'edge AUROC (backup −)').",
     "direction_word": "Denoising patches clean activations into the corrupted run (sufficiency); "
                       "noising patches corrupted activations into the clean run (necessity).",
 }
@@ -139,6 +141,20 @@ def _grid(result: PatchResult) -> torch.Tensor:
         return result.grid(True)
     except ValueError:
         return result.mean()
+
+
+@_never_raises
+def check_best_auroc(answer: Any, card: Any, level: str = "edge") -> bool:
+    """The method of a ``helpers.circuits.scorecard.Scorecard`` with the highest ROC AUC over
+    ``level`` (``"edge"`` or ``"node"``), the backup counted as not in the circuit (ties: any of
+    them)."""
+    if _missing(answer):
+        return _report(False, "answer with a method's name as the table writes it, e.g. 'eap'")
+    key = f"{level}/negative"
+    best = max(r.auroc[key] for r in card.rows)
+    winners = [r.method for r in card.rows if r.auroc[key] == best]
+    return _report(str(answer).strip().lower() in winners,
+                   f"read the column '{level} AUROC (backup −)' of the scorecard and take the largest value")
 
 
 def solution(name: str) -> None:
