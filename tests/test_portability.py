@@ -49,24 +49,38 @@ def test_stored_outputs_were_made_with_the_portable_kernels(nb):
         f"(metadata says {stored}): re-store it with that script")
 
 
-def _texts(path: Path) -> list[str]:
-    """Every text output of a fresh top-to-bottom run (cells marked NBVAL_IGNORE_OUTPUT skipped)."""
-    import nbformat
-    from nbclient import NotebookClient
+_RUN = """
+import json, os, sys, tempfile
+import nbformat
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+path = sys.argv[1]
+nb = nbformat.read(path, as_version=4)
+# Unix sockets, not TCP ports: no port picked here can be taken by another process first
+km = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(tempfile.mkdtemp(), "kernel"))
+NotebookClient(nb, km=km, timeout=600, kernel_name="python3",
+               resources={"metadata": {"path": sys.argv[2]}}).execute()
+texts = []
+for i, cell in enumerate(nb.cells):
+    if cell.cell_type != "code" or "NBVAL_IGNORE_OUTPUT" in cell.source:
+        continue
+    pieces = []  # one string per cell: a kernel may split one print stream into messages
+    for out in cell.get("outputs", []):
+        pieces += [out.get("text", "")] + [v for k, v in out.get("data", {}).items() if k.startswith("text/")]
+    texts.append(f"cell {i}: " + "".join(map(str, pieces)))
+print(json.dumps(texts))
+"""
 
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
-    texts = []
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type != "code" or "NBVAL_IGNORE_OUTPUT" in cell.source:
-            continue
-        pieces = []  # one string per cell: a kernel may split one print stream into messages
-        for out in cell.get("outputs", []):
-            pieces += [out.get("text", "")] + [v for k, v in out.get("data", {}).items()
-                                               if k.startswith("text/")]
-        texts.append(f"cell {i}: " + "".join(map(str, pieces)))
-    return texts
+
+def _texts(path: Path) -> list[str]:
+    """Every text output of a fresh top-to-bottom run (cells marked NBVAL_IGNORE_OUTPUT skipped),
+    in a process of its own, the kernel on Unix sockets: with TCP ports, a run beside another
+    busy test worker has been seen to wait ten minutes on an idle kernel for a lost reply (CI:
+    623 s for a chapter that runs in 15 s)."""
+    run = subprocess.run([sys.executable, "-c", _RUN, str(path), str(path.parent)], capture_output=True,
+                         text=True, env=os.environ.copy(), timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
@@ -76,4 +90,5 @@ def test_a_chapter_prints_the_same_text_twice(monkeypatch):
                         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
         monkeypatch.setenv(name, value)
     first, second = _texts(TWICE), _texts(TWICE)
+    assert sum(len(t) for t in first) > 1000, first  # the chapter really printed its tables
     assert first == second
