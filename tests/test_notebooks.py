@@ -135,7 +135,13 @@ def test_chapter_runs_on_gpt2_with_gpt2_smalls_grid_and_tokenizer(nb, tmp_path, 
     _runs_on(nb, tmp_path, gpt2_grid_dir)
 
 
-@pytest.mark.parametrize("nb", NOTEBOOKS, ids=IDS)
+#: papermill starts a kernel per chapter (~10 s each): the fast tier keeps chapter 1's, the full
+#: suite runs every chapter's
+PAPERMILL_CASES = [pytest.param(nb, id=nb.stem, marks=() if i == 0 else pytest.mark.slow)
+                   for i, nb in enumerate(NOTEBOOKS)]
+
+
+@pytest.mark.parametrize("nb", PAPERMILL_CASES)
 def test_notebook_with_a_nonexistent_model_fails_with_the_clear_error(nb, tmp_path):
     """Through papermill, as a researcher runs it: the injected parameter reaches the chapter."""
     import papermill as pm
