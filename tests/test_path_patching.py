@@ -95,17 +95,19 @@ def _node(name, pairs, n_layers):
     return ((kind or "head"), int(layer), int(head), pos)
 
 
+def _worst(result, senders, receivers, want):
+    """The largest |result - want(sender, receiver)| of the logit difference over the grid."""
+    return max((result.values["logit_diff"][:, a, b] - want(s, r)).abs().max().item()
+               for a, s in enumerate(senders) for b, r in enumerate(receivers))
+
+
 def _compare(family, model, plain, pairs, result, freeze=False):
     """Every cell of a ("sender", "receiver") result against the reference; the largest error."""
     base, src = _runs(pairs, result.direction)
     n_layers = H.model_facts(model).n_layers
-    worst = 0.0
-    for a, s in enumerate(result.labels["sender"]):
-        for b, r in enumerate(result.labels["receiver"]):
-            want = _ld(rp.path_patch(plain, family, base, src, _node(s, pairs, n_layers),
-                                     _node(r, pairs, n_layers), freeze), pairs)
-            worst = max(worst, (result.values["logit_diff"][:, a, b] - want).abs().max().item())
-    return worst
+    return _worst(result, result.labels["sender"], result.labels["receiver"],
+                  lambda s, r: _ld(rp.path_patch(plain, family, base, src, _node(s, pairs, n_layers),
+                                                 _node(r, pairs, n_layers), freeze), pairs))
 
 
 # --------------------------------------------------------------------------- the reference
@@ -350,12 +352,8 @@ def test_a_key_or_value_read_by_one_query_head_equals_the_reference_and_differs_
     got = path_patch(model, pairs, senders, list(receivers), method="fast")
     shared = path_patch(model, pairs, senders, ["L2KV1.k", "L2KV0.v@END", "L2KV1.k@S2,END"])
     base, src = _runs(pairs, "denoise")
-    worst = 0.0
-    for a, s in enumerate(senders):
-        for b, r in enumerate(receivers.values()):
-            want = _ld(rp.path_patch(plain, "llama", base, src, _node(s, pairs, 3), r), pairs)
-            worst = max(worst, (got.values["logit_diff"][:, a, b] - want).abs().max().item())
-    assert worst < TOL
+    assert _worst(got, senders, receivers.values(),
+                  lambda s, r: _ld(rp.path_patch(plain, "llama", base, src, _node(s, pairs, 3), r), pairs)) < TOL
     # the other query head of the group no longer sees the patch: a different number
     assert (got.values["logit_diff"] - shared.values["logit_diff"]).abs().max() > 1e-6
 
@@ -445,13 +443,8 @@ def test_a_joint_receiver_patches_its_parts_in_one_run_as_the_reference_does(ran
     got = path_patch(model, pairs, ["L0H0", "L0H2@S2", "mlp0"], joint, method=method)
     assert got.labels["receiver"] == joint and got.method == method
     base, src = _runs(pairs, "denoise")
-    worst = 0.0
-    for a, s in enumerate(got.labels["sender"]):
-        for b, r in enumerate(joint):
-            parts = [_node(x, pairs, 3) for x in r.split("+")]
-            want = _ld(rp.path_patch_joint(plain, "llama", base, src, _node(s, pairs, 3), parts), pairs)
-            worst = max(worst, (got.values["logit_diff"][:, a, b] - want).abs().max().item())
-    assert worst < TOL
+    assert _worst(got, got.labels["sender"], joint, lambda s, r: _ld(rp.path_patch_joint(
+        plain, "llama", base, src, _node(s, pairs, 3), [_node(x, pairs, 3) for x in r.split("+")]), pairs)) < TOL
 
 
 def test_with_later_layers_frozen_only_the_receiving_heads_change_reaches_the_logits(random_models):
@@ -471,12 +464,8 @@ def test_with_later_layers_frozen_only_the_receiving_heads_change_reaches_the_lo
     got = path_patch(model, pairs, senders, list(receivers), later="frozen")
     assert got.method == "batched" and got.later == "frozen"
     base, src = _runs(pairs, "denoise")
-    worst = 0.0
-    for a, s in enumerate(senders):
-        for b, parts in enumerate(receivers.values()):
-            want = _ld(rp.path_patch_later_frozen(plain, "llama", base, src, _node(s, pairs, 3), parts), pairs)
-            worst = max(worst, (got.values["logit_diff"][:, a, b] - want).abs().max().item())
-    assert worst < TOL
+    assert _worst(got, senders, receivers.values(), lambda s, parts: _ld(rp.path_patch_later_frozen(
+        plain, "llama", base, src, _node(s, pairs, 3), parts), pairs)) < TOL
     # a receiver in the last block has no later layer but its own MLP: frozen differs from recompute
     live = path_patch(model, pairs, senders, list(receivers))
     assert (live.values["logit_diff"] - got.values["logit_diff"]).abs().max() > 1e-9
@@ -494,13 +483,10 @@ def test_a_joint_sender_moves_its_parts_together_as_the_reference_does(setup, me
     got = path_patch(model, pairs, groups, ["logits", "L2H0.q@END", _kv(family, 2, 1, "v")], method=method)
     assert got.labels["sender"] == groups
     base, src = _runs(pairs, "denoise")
-    worst = 0.0
-    for a, s in enumerate(groups):
-        parts = [_node(x, pairs, H.model_facts(model).n_layers) for x in s.split("+")]
-        for b, r in enumerate(got.labels["receiver"]):
-            want = _ld(rp.path_patch(plain, family, base, src, parts, _node(r, pairs, H.model_facts(model).n_layers)), pairs)
-            worst = max(worst, (got.values["logit_diff"][:, a, b] - want).abs().max().item())
-    assert worst < TOL
+    n_layers = H.model_facts(model).n_layers
+    assert _worst(got, groups, got.labels["receiver"], lambda s, r: _ld(rp.path_patch(
+        plain, family, base, src, [_node(x, pairs, n_layers) for x in s.split("+")],
+        _node(r, pairs, n_layers)), pairs)) < TOL
     frozen = path_patch(model, pairs, ["L0H1+L1H2", "L0H1", "L1H2"], "logits", final_norm="frozen", method=method)
     eff = frozen.values["logit_diff"][..., 0] - _base(frozen)[:, None]
     assert (eff[:, 0] - eff[:, 1] - eff[:, 2]).abs().max() < TOL
