@@ -26,6 +26,18 @@ COLOURS = {"name mover": "#f4cccc", "negative name mover": "#d9d2e9", "backup na
            "previous token": "#ead1dc"}
 
 
+def _paired_bars(ax: Any, before: Sequence[float], after: Sequence[float], before_label: str,
+                 after_label: str) -> None:
+    """Two bars per x position (before, after), each labelled with its value, and the zero line."""
+    x = np.arange(len(before))
+    ax.bar(x - 0.2, before, 0.4, label=before_label, color="#9fc5e8")
+    ax.bar(x + 0.2, after, 0.4, label=after_label, color="#f6b26b")
+    for xi, (u, v) in enumerate(zip(before, after)):
+        for dx, y in ((-0.2, u), (0.2, v)):
+            ax.text(xi + dx, y, num(y), ha="center", va="bottom" if y >= 0 else "top", fontsize=ANNOT_PT)
+    ax.axhline(0, color="grey", lw=0.8)
+
+
 def behaviour(b: Any) -> Any:
     """``helpers.circuits.ioi_classes.Behaviour`` as two panels: the two rates (0..1) and the mean logit
     difference, each with its 95 % bootstrap interval.  Returns the Figure."""
@@ -155,12 +167,7 @@ def backup(before: torch.Tensor, after: torch.Tensor, ablated: Sequence[str], to
     a = [float(after.flatten()[i]) for i in order]
     fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(names), 3.2))
     x = np.arange(len(names))
-    ax.bar(x - 0.2, b, 0.4, label="all heads present", color="#9fc5e8")
-    ax.bar(x + 0.2, a, 0.4, label=f"{', '.join(ablated) or 'none'} mean-ablated", color="#f6b26b")
-    for xi, (u, v) in enumerate(zip(b, a)):
-        for dx, y in ((-0.2, u), (0.2, v)):
-            ax.text(xi + dx, y, num(y), ha="center", va="bottom" if y >= 0 else "top", fontsize=ANNOT_PT)
-    ax.axhline(0, color="grey", lw=0.8)
+    _paired_bars(ax, b, a, "all heads present", f"{', '.join(ablated) or 'none'} mean-ablated")
     ax.set_xticks(x, names)
     ax.set_ylabel("direct logit attribution\n(IO - S, clean prompts)")
     ax.set_title("Which heads take over when the name movers are gone?", fontsize=11)
@@ -241,12 +248,7 @@ def backup_templates(table: Any, movers: Sequence[str]) -> Any:
     x = np.arange(len(labels))
     full, abl = table["logit diff"].to_numpy(), table["movers ablated"].to_numpy()
     fig, ax = plt.subplots(figsize=(1.8 + 1.3 * len(labels), 3.2))
-    ax.bar(x - 0.2, full, 0.4, label="all heads", color="#9fc5e8")
-    ax.bar(x + 0.2, abl, 0.4, label=f"{', '.join(movers)} mean-ablated", color="#f6b26b")
-    for xi, (u, v) in enumerate(zip(full, abl)):
-        for dx, y in ((-0.2, u), (0.2, v)):
-            ax.text(xi + dx, y, num(y), ha="center", va="bottom" if y >= 0 else "top", fontsize=ANNOT_PT)
-    ax.axhline(0, color="grey", lw=0.8)
+    _paired_bars(ax, full, abl, "all heads", f"{', '.join(movers)} mean-ablated")
     ax.set_xticks(x, labels, fontsize=9)
     ax.set_ylabel("mean logit difference IO - S")
     ax.set_title("Name movers removed, template by template", fontsize=11)
