@@ -758,6 +758,15 @@ def machine() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
+def write_report(report: dict, name: str) -> int:
+    """Write ``report`` as outputs/benchmarks/<name> and say where; the exit code 0."""
+    out = ROOT / "outputs" / "benchmarks" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nwrote {out.relative_to(ROOT)}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="the bundled model instead of GPT-2 small")
@@ -797,11 +806,7 @@ def main() -> int:
         report = run_child("edges", name, str(args.repeats), str(args.edge_pairs), str(args.exact_edges))
         report.update(machine=machine(), repeats=args.repeats)
         print_edges(report)
-        out = ROOT / "outputs" / "benchmarks" / f"edges-{name}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"\nwrote {out.relative_to(ROOT)}")
-        return 0
+        return write_report(report, f"edges-{name}.json")
     sys.path.insert(0, str(ROOT / "tests"))
     with tempfile.TemporaryDirectory() as tmp:
         if args.quick:
@@ -875,11 +880,7 @@ def main() -> int:
                   f"{tl['same_weights_max_diff']:.1e}) |")
     if profile_text:
         print(profile_text)
-    out = ROOT / "outputs" / "benchmarks" / f"sweeps-{'quick' if args.quick else args.model}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nwrote {out.relative_to(ROOT)}")
-    return 0
+    return write_report(report, f"sweeps-{'quick' if args.quick else args.model}.json")
 
 
 if __name__ == "__main__":
