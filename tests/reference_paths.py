@@ -150,6 +150,32 @@ def _receiver_hook(model, family, receiver, seq, value=None, store=None):
 
 
 @torch.no_grad()
+def _sends(model, group):
+    """The patches ``(site, layer, position, head)`` that give a (joint) sender its source values."""
+    send = []
+    for s_kind, s_layer, s_head, s_pos in group:
+        positions = [None] if s_pos is None else list(s_pos)
+        if s_kind == "embed":
+            send += [("embed", None, p, None) for p in positions]
+        elif s_kind in ("head", "attn"):
+            heads = [s_head] if s_kind == "head" else range(ref.n_heads_of(model))
+            send += [("head", s_layer, p, h) for h in heads for p in positions]
+        else:
+            send += [("mlp", s_layer, p, None) for p in positions]
+    return send
+
+
+def _frozen_between(model, family, here, there, parallel):
+    """Every head and MLP strictly between places ``here`` and ``there``, to hold at the base run."""
+    freeze = []
+    for L in range(ref.n_layers_of(model, family)):
+        if here < _place("head", L, parallel) < there:
+            freeze += [("head", L, None, h) for h in range(ref.n_heads_of(model))]
+        if here < _place("mlp", L, parallel) < there:
+            freeze.append(("mlp", L, None, None))
+    return freeze
+
+
 def path_patch(model, family, base_ids, source_ids, sender, receiver, freeze_final_norm=False):
     """Last-position logits [batch, vocab] of path patching ``sender`` -> ``receiver`` for
     base prompts ``base_ids`` and source prompts ``source_ids`` ([batch, seq] each).  ``sender``
@@ -167,22 +193,8 @@ def path_patch(model, family, base_ids, source_ids, sender, receiver, freeze_fin
     base, source = ref.cache(model, family, base_ids), ref.cache(model, family, source_ids)
     frozen = final_norm_io(model, family, base_ids) if freeze_final_norm else None
     seq = base_ids.shape[1]
-    send = []
-    for s_kind, s_layer, s_head, s_pos in group:
-        positions = [None] if s_pos is None else list(s_pos)
-        if s_kind == "embed":
-            send += [("embed", None, p, None) for p in positions]
-        elif s_kind in ("head", "attn"):
-            heads = [s_head] if s_kind == "head" else range(ref.n_heads_of(model))
-            send += [("head", s_layer, p, h) for h in heads for p in positions]
-        else:
-            send += [("mlp", s_layer, p, None) for p in positions]
-    freeze = []
-    for L in range(ref.n_layers_of(model, family)):
-        if here < _place("head", L, parallel) < there:
-            freeze += [("head", L, None, h) for h in range(ref.n_heads_of(model))]
-        if here < _place("mlp", L, parallel) < there:
-            freeze.append(("mlp", L, None, None))
+    send = _sends(model, group)
+    freeze = _frozen_between(model, family, here, there, parallel)
     store = []
     handle = None if r_kind == "logits" else _receiver_hook(model, family, receiver[:4], seq, store=store)
     try:
@@ -227,20 +239,8 @@ def path_patch_joint(model, family, base_ids, source_ids, sender, parts):
     there = max(places)
     base, source = ref.cache(model, family, base_ids), ref.cache(model, family, source_ids)
     seq = base_ids.shape[1]
-    positions = [None] if s_pos is None else list(s_pos)
-    if s_kind == "embed":
-        send = [("embed", None, p, None) for p in positions]
-    elif s_kind in ("head", "attn"):
-        heads = [s_head] if s_kind == "head" else range(ref.n_heads_of(model))
-        send = [("head", s_layer, p, h) for h in heads for p in positions]
-    else:
-        send = [("mlp", s_layer, p, None) for p in positions]
-    freeze = []
-    for L in range(ref.n_layers_of(model, family)):
-        if here < _place("head", L, parallel) < there:
-            freeze += [("head", L, None, h) for h in range(ref.n_heads_of(model))]
-        if here < _place("mlp", L, parallel) < there:
-            freeze.append(("mlp", L, None, None))
+    send = _sends(model, [sender])
+    freeze = _frozen_between(model, family, here, there, parallel)
     stores = [[] for _ in parts]
     handles = [_receiver_hook(model, family, p, seq, store=st) for p, st in zip(parts, stores)]
     try:
