@@ -118,6 +118,20 @@ def gpt2_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def random_models(tmp_path_factory, gpt2_tokenizer):
+    """Saved folders of a random 3-block GPT-2 and a random 3-block Llama (grouped-query
+    attention) with GPT-2's tokenizer: the path-patching and edge-attribution tests' models."""
+    from tiny_models import save_random_model
+
+    eos, vocab = gpt2_tokenizer.eos_token_id, len(gpt2_tokenizer)
+    root = tmp_path_factory.mktemp("random-models")
+    common = dict(tokenizer=gpt2_tokenizer, vocab_size=vocab, bos_token_id=eos, eos_token_id=eos,
+                  pad_token_id=eos)
+    return {"gpt2": save_random_model(root / "gpt2", "gpt2", seed=1, n_layer=3, **common),
+            "llama": save_random_model(root / "llama", "llama", seed=2, num_hidden_layers=3, **common)}
+
+
+@pytest.fixture(scope="session")
 def smollm2_cache(tmp_path_factory) -> Path:
     """A cache folder holding SmolLM2-135M converted, which ``PATCHLAB_CACHE`` then points at for
     this process and the kernels it starts. The cache ``scripts/setup.sh`` filled (the one

@@ -13,21 +13,10 @@ from __future__ import annotations
 import pytest
 import reference_edges as rx
 import torch
-from tiny_models import save_random_model
 
 import helpers as H
 
 STEPS = 2  # integrated-gradient steps in these tests: tells MIB's k = 0..m-1 and k = 1..m apart
-
-
-@pytest.fixture(scope="module")
-def random_models(tmp_path_factory, gpt2_tokenizer):
-    eos, vocab = gpt2_tokenizer.eos_token_id, len(gpt2_tokenizer)
-    root = tmp_path_factory.mktemp("edge-models")
-    common = dict(tokenizer=gpt2_tokenizer, vocab_size=vocab, bos_token_id=eos, eos_token_id=eos,
-                  pad_token_id=eos)
-    return {"gpt2": save_random_model(root / "gpt2", "gpt2", seed=1, n_layer=3, **common),
-            "llama": save_random_model(root / "llama", "llama", seed=2, num_hidden_layers=3, **common)}
 
 
 CASES = [("bundled", "query"), ("gpt2", "query"), ("llama", "query"), ("llama", "kv")]

@@ -28,17 +28,6 @@ TOL = 1e-10
 METHODS = ("batched", "fast")
 
 
-@pytest.fixture(scope="module")
-def random_models(tmp_path_factory, gpt2_tokenizer):
-    """Saved folders of a random 3-block GPT-2 and a random 3-block Llama (GQA)."""
-    eos, vocab = gpt2_tokenizer.eos_token_id, len(gpt2_tokenizer)
-    root = tmp_path_factory.mktemp("path-models")
-    common = dict(tokenizer=gpt2_tokenizer, vocab_size=vocab, bos_token_id=eos, eos_token_id=eos,
-                  pad_token_id=eos)
-    return {"gpt2": save_random_model(root / "gpt2", "gpt2", seed=1, n_layer=3, **common),
-            "llama": save_random_model(root / "llama", "llama", seed=2, num_hidden_layers=3, **common)}
-
-
 @pytest.fixture(scope="module", params=["bundled", "gpt2", "llama"])
 def setup(request, random_models):
     """(family, nnsight model, plain transformers model, prompt pairs)."""
