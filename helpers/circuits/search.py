@@ -208,8 +208,10 @@ def kept_metric(model: Any, pairs: Any, kept_sets: Sequence[Sequence[str]], univ
     total, count = torch.zeros(len(sets), dtype=torch.float64), 0
     for g in groups:
         todo = [s for s in sets if s]
-        values = ablate(mh, g, todo, kind, **({"seed": seed} if kind == "resample" else {})).values["logit_diff"].double() if todo else None
-        clean = cache_clean(mh, g)
+        result = ablate(mh, g, todo, kind, **({"seed": seed} if kind == "resample" else {})) if todo else None
+        values = None if result is None else result.values["logit_diff"].double()
+        # the clean run (nothing ablated) is the ablation result's own baseline: no second forward
+        clean = cache_clean(mh, g) if result is None else result.clean["logit_diff"].double().cpu()
         col = 0
         for i, s in enumerate(sets):
             if s:
