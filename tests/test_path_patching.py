@@ -272,8 +272,9 @@ def test_many_receivers_share_forward_passes_and_chunks_change_nothing(bundled64
         handle.remove()
     # batched: base + source caches, one sender run (6 rows), one receiver run (18 rows)
     assert runs["batched", None][1] == 4 and runs["batched", 1][1] == 2 + 6 + 18
-    # fast: the caches and the cached base run; no sender run, the receiver runs skip block 0
-    assert runs["fast", None][1] == runs["fast", 1][1] == 3
+    # fast: one forward of the base and source prompts together (its cache serves the receiver
+    # runs); no sender run, and the receiver runs skip block 0
+    assert runs["fast", None][1] == runs["fast", 1][1] == 1
     one = runs["batched", None][0]
     for (method, size), (many, _) in runs.items():
         for m in one.values:

@@ -25,6 +25,7 @@ from helpers.engine.runs import (all_components, check_pairs, component_patch, c
 from helpers.methods.observe import attention_patterns
 from helpers.methods.sweeps import Direction, patch_components
 from helpers.models.loaded import ModelHandle, handle
+from helpers.results.metrics import logit_diff
 
 __all__ = ["CircuitSearch", "minimal_circuit", "decisive_heads", "attention_from", "FaithfulSearch",
            "greedy_faithful", "kept_metric", "faithfulness_table"]
@@ -200,34 +201,40 @@ def kept_metric(model: Any, pairs: Any, kept_sets: Sequence[Sequence[str]], univ
     """``M(S)`` for every kept set S: the mean logit difference over the clean prompts (of every
     group of a ``helpers.circuits.pooled.PairGroups``) with every head of ``universe`` outside S
     ablated (``helpers.ablate``, ``kind``; each group's own mean or donors)."""
-    from helpers.methods.ablations import ablate
+    return _kept(handle(model), pairs, kept_sets, universe, (kind,), seed)[kind]
 
-    mh = handle(model)
+
+def _kept(mh: ModelHandle, pairs: Any, kept_sets: Sequence[Sequence[str]], universe: Sequence[str],
+          kinds: Sequence[str], seed: int, keeps: dict | None = None) -> dict[str, list[float]]:
+    """``kept_metric`` under every kind in ``kinds``, each group's clean run made once and kept in
+    ``keeps`` (``{group index: clean_run's keep}``, the caller's, across calls) when given.  Only
+    the answer and distractor logits of the ablated runs are computed."""
+    from helpers.methods.ablations import (ablation_source, clean_run, component_patches, pick_method,
+                                           run_sets)
+
     groups = list(pairs) if not isinstance(pairs, PromptPairs) else [pairs]
     sets = [[u for u in universe if u not in set(k)] for k in kept_sets]
-    total, count = torch.zeros(len(sets), dtype=torch.float64), 0
-    for g in groups:
-        todo = [s for s in sets if s]
-        result = ablate(mh, g, todo, kind, **({"seed": seed} if kind == "resample" else {})) if todo else None
-        values = None if result is None else result.values["logit_diff"].double()
-        # the clean run (nothing ablated) is the ablation result's own baseline: no second forward
-        clean = cache_clean(mh, g) if result is None else result.clean["logit_diff"].double().cpu()
-        col = 0
-        for i, s in enumerate(sets):
-            if s:
-                total[i] += values[:, col].sum()
-                col += 1
-            else:
-                total[i] += clean.sum()
-        count += len(g)
-    return (total / count).tolist()
-
-
-def cache_clean(mh: ModelHandle, pairs: PromptPairs) -> torch.Tensor:
-    """The clean prompts' logit differences, ``[n]``."""
-    from helpers.methods.sweeps import baselines
-
-    return baselines(mh, pairs)["clean"]["logit_diff"].double().cpu()
+    todo = [s for s in sets if s]  # kept = universe: nothing ablated, the clean run itself
+    total = {k: torch.zeros(len(sets), dtype=torch.float64) for k in kinds}
+    for gi, g in enumerate(groups):
+        keep = {} if keeps is None else keeps.setdefault(gi, {})
+        method = pick_method(mh, "fast", g.seq_len)
+        cache, clean_logits = clean_run(mh, g, method, keep)
+        clean = logit_diff(clean_logits, g.answer_ids, g.distractor_ids).double().cpu()
+        patch_sets = [component_patches(mh, s, g.seq_len) for s in todo]
+        every = list({p for s in patch_sets for p in s})
+        for kind in kinds:
+            values = None
+            if todo:
+                source = ablation_source(mh, g, every, kind, None, seed if kind == "resample" else 0, cache)
+                values = run_sets(mh, g, source, patch_sets, None, method, ("logit_diff",),
+                                  keep=keep)[0]["logit_diff"].double()
+            col = 0
+            for i, s in enumerate(sets):
+                total[kind][i] += values[:, col].sum() if s else clean.sum()
+                col += bool(s)
+    count = sum(len(g) for g in groups)
+    return {k: (v / count).tolist() for k, v in total.items()}
 
 
 def greedy_faithful(model: Any, pairs: Any, pool: Sequence[str], target: float = 0.8,
@@ -247,17 +254,15 @@ def greedy_faithful(model: Any, pairs: Any, pool: Sequence[str], target: float =
     if outside:
         raise ValueError(f"pool heads {outside} are not in the universe")
     max_size = as_count(max_size, "max_size")
-    ends = {k: kept_metric(mh, pairs, [universe, []], universe, k, seed) for k in ablations}
+    keeps: dict = {}  # each group's clean run, made once for the whole search
+    ends = _kept(mh, pairs, [universe, []], universe, ablations, seed, keeps)
     members: list[str] = []
     history: list[dict] = []
     current = {k: 0.0 for k in ablations}
     while len(members) < min(max_size, len(pool)):
         rest = [h for h in pool if h not in members]
-        faith = {}
-        for k in ablations:
-            full, empty = ends[k]
-            got = kept_metric(mh, pairs, [members + [h] for h in rest], universe, k, seed)
-            faith[k] = [(m - empty) / (full - empty) for m in got]
+        got = _kept(mh, pairs, [members + [h] for h in rest], universe, ablations, seed, keeps)
+        faith = {k: [(m - ends[k][1]) / (ends[k][0] - ends[k][1]) for m in got[k]] for k in ablations}
         best = max(range(len(rest)), key=lambda i: (min(faith[k][i] for k in ablations), -i))
         members.append(rest[best])
         current = {k: faith[k][best] for k in ablations}
@@ -282,9 +287,9 @@ def faithfulness_table(model: Any, pairs: Any, circuits: dict[str, Sequence[str]
     universe = list(universe or [head_name(L, h) for L in range(f.n_layers) for h in range(f.n_heads)])
     names = list(circuits)
     rows = {n: {"heads": len(circuits[n])} for n in names}
+    got = _kept(mh, pairs, [universe, [], *[list(circuits[n]) for n in names]], universe, ablations, seed)
     for kind in ablations:
-        full, empty, *kept = kept_metric(mh, pairs, [universe, [], *[list(circuits[n]) for n in names]],
-                                         universe, kind, seed)
+        full, empty, *kept = got[kind]
         for n, m in zip(names, kept):
             rows[n][kind] = (m - empty) / (full - empty)
     frame = pd.DataFrame.from_dict(rows, orient="index")

@@ -30,6 +30,7 @@ receiver runs (``helpers.engine.fastpaths``).
 """
 from __future__ import annotations
 
+import itertools
 import sys
 from typing import Any, Callable, Sequence
 
@@ -46,12 +47,14 @@ class BaseCache:
     """The unpatched run's residual stream before every block ``[N, n_layers + 1, seq, d_model]``
     (the last row is the final block's output), its keys and values
     ``[N, n_layers, n_kv_heads, seq, d_head]``, every block's attention output before the output
-    projection ``z`` ``[N, n_layers, seq, n_heads * d_head]`` and its last-position logits
-    ``[N, vocab]``."""
+    projection ``z`` ``[N, n_layers, seq, n_heads * d_head]``, its last-position logits
+    ``[N, vocab]`` and ``acts``: its activations at the sites ``cache_runs`` was asked for, as
+    ``helpers.engine.runs.cache_activations`` returns them."""
 
     def __init__(self, resid: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                 z: torch.Tensor, logits: torch.Tensor):
+                 z: torch.Tensor, logits: torch.Tensor, acts: dict | None = None):
         self.resid, self.keys, self.values, self.z, self.logits = resid, keys, values, z, logits
+        self.acts = acts or {}
 
 
 def supports_fast_path(model: Any, seq: int | None = None) -> bool:
@@ -166,10 +169,10 @@ class Blocks:
 def cache_runs(model: Any, base_ids: torch.Tensor, source_ids: torch.Tensor | None = None,
                sites: Sequence[tuple[str, int | None]] = ()) -> tuple[BaseCache, dict, torch.Tensor | None]:
     """One traced forward of the base prompts ``base_ids`` ``[N, seq]`` and, in the same batch,
-    the source prompts ``source_ids``: the base run's ``BaseCache``, and the source run's
-    activations at ``sites`` (non-negative layers) with its last-position logits ``[N, vocab]``
-    as ``helpers.engine.runs.cache_activations`` returns them (``{}, None`` without a source).  The
-    keys and values are computed from the block inputs with the arithmetic the patched runs use."""
+    the source prompts ``source_ids``: the base run's ``BaseCache`` (its ``acts`` at ``sites``),
+    and the source run's activations at ``sites`` (non-negative layers) with its last-position
+    logits ``[N, vocab]`` as ``helpers.engine.runs.cache_activations`` returns them (``{}, None``
+    without a source).  Keys and values come from the block inputs, as the patched runs compute."""
     mh = handle(model)
     f, (n, seq) = mh.anatomy, base_ids.shape
     ids = base_ids if source_ids is None else torch.cat([base_ids, source_ids.to(base_ids.device)])
@@ -197,15 +200,14 @@ def cache_runs(model: Any, base_ids: torch.Tensor, source_ids: torch.Tensor | No
             _, k, v = blocks.qkv(layer, resid[:n, layer].reshape(n * seq, -1), positions)
             keys.append(k.view(n, seq, f.n_kv_heads, f.d_head).transpose(1, 2))
             values.append(v.view(n, seq, f.n_kv_heads, f.d_head).transpose(1, 2))
-    base = BaseCache(resid[:n], torch.stack(keys, 1), torch.stack(values, 1), z[:n], logits[:n])
-    if source_ids is None:
-        return base, {}, None
-    source = {key: read[key][n:] for key in read}
-    for site, layer in sites:
+    acts = [{key: read[key][part] for key in read} for part in (slice(0, n), slice(n, None))]
+    for (site, layer), part in itertools.product(sites, (0, 1)):
         if site in ("embed", "resid", "head"):
-            source[(site, layer)] = (z[n:, layer] if site == "head" else
-                                     resid[n:, 0 if site == "embed" else layer + 1])
-    return base, source, logits[n:]
+            rows = slice(0, n) if part == 0 else slice(n, None)
+            acts[part][(site, layer)] = (z[rows, layer] if site == "head" else
+                                         resid[rows, 0 if site == "embed" else layer + 1])
+    base = BaseCache(resid[:n], torch.stack(keys, 1), torch.stack(values, 1), z[:n], logits[:n], acts[0])
+    return (base, {}, None) if source_ids is None else (base, acts[1], logits[n:])
 
 
 def _stream_index(site: str, layer: int | None) -> int:
@@ -295,9 +297,7 @@ def _run_packed(blocks: Blocks, base: BaseCache, source: dict, plans: list, star
     dev = base.resid.device
     rows = len(plans)
     widths = [seq - p for p in start_positions]
-    row_start = [0]
-    for w in widths:
-        row_start.append(row_start[-1] + w)
+    row_start = [0, *itertools.accumulate(widths)]
     tok_row = torch.repeat_interleave(torch.arange(rows, device=dev), torch.tensor(widths, device=dev))
     tok_pos = torch.cat([torch.arange(p, seq, device=dev) for p in start_positions])
     last_tok = torch.tensor(row_start[1:], device=dev) - 1  # each row's final position

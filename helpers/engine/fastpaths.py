@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 
-from helpers.engine.fastpatch import BaseCache, Blocks, cache_runs, run_rows
+from helpers.engine.fastpatch import BaseCache, Blocks, run_rows
 from helpers.models.loaded import ModelHandle, handle
 
 __all__ = ["path_logits"]
@@ -42,13 +42,13 @@ __all__ = ["path_logits"]
 Cache = dict  # {(site, layer): [n, seq, width]} as ``helpers.engine.runs.cache_activations`` returns
 
 
-def path_logits(model: Any, base_ids: torch.Tensor, base: Cache, source: Cache, senders: Sequence[Any],
+def path_logits(model: Any, cache: BaseCache, source: Cache, senders: Sequence[Any],
                 receivers: Sequence[Any], first_difference: int, chunks: Iterable[list[tuple[int, int]]],
                 norm: dict | None = None, columns: torch.Tensor | None = None
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]]:
-    """Path patching from ``senders`` to ``receivers`` (``helpers.methods.path_patching`` nodes) on base prompts
-    ``base_ids`` ``[n, seq]``, with the base and source runs' ``embed`` / ``head`` / ``mlp``
-    activations ``base`` and ``source`` (``[n, seq, width]`` each).  ``chunks``: lists of
+    """Path patching from ``senders`` to ``receivers`` (``helpers.methods.path_patching`` nodes) on
+    the base run ``cache`` (``cache_runs``; ``cache.acts`` and ``source`` hold the base and source
+    runs' ``embed`` / ``head`` / ``mlp`` activations, ``[n, seq, width]`` each).  ``chunks``: lists of
     (pair, sender index) rows computed together.  ``norm``: the frozen final norm (``"x"``,
     ``"y"``, ``"scale"`` ``[n, seq, d_model]``, ``"centre"``) or None (live).  ``columns``
     ``[n, k]``: compute only these logits.
@@ -59,8 +59,8 @@ def path_logits(model: Any, base_ids: torch.Tensor, base: Cache, source: Cache, 
     mh = handle(model)
     f = mh.anatomy
     blocks = Blocks(mh.hf, f)
-    cache = cache_runs(mh, base_ids)[0]
-    dev, seq, fd = cache.resid.device, base_ids.shape[1], first_difference
+    base = cache.acts
+    dev, seq, fd = cache.resid.device, cache.resid.shape[2], first_difference
     frozen = None if norm is None else _frozen_norm(norm, dev)
     for chunk in chunks:
         pair_idx = torch.tensor([i for i, _ in chunk], device=dev)

@@ -72,12 +72,12 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from helpers.base.validate import as_count, norm_index
+from helpers.base.validate import as_count, check_finite, norm_index
 from helpers.data.prompts import PromptPairs
-from helpers.engine.fastpatch import supports_fast_path
+from helpers.engine.fastpatch import cache_runs, supports_fast_path
 from helpers.engine.fastpaths import path_logits
 from helpers.engine.memory import sweep_budget_mb
-from helpers.engine.runs import cache_activations, check_pairs
+from helpers.engine.runs import cache_activations, check_pairs, locate_non_finite
 from helpers.methods.path_runs import frozen_receiver_run, receiver_run, sender_run
 from helpers.models.loaded import handle
 from helpers.results.metrics import METRICS, Metric, metrics_of
@@ -284,7 +284,13 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
     base_ids, src_ids = ((pairs.corrupted_ids, pairs.clean_ids) if direction == "denoise"
                          else (pairs.clean_ids, pairs.corrupted_ids))
     sites = [("embed", None)] + [(s, L) for L in range(f.n_layers) for s in ("head", "mlp")]
-    (base, base_logits), (src, src_logits) = (cache_activations(mh, i, sites) for i in (base_ids, src_ids))
+    if method == "fast":  # both runs in one forward; the base run's cache serves the receiver runs
+        cache, src, src_logits = cache_runs(mh, base_ids, src_ids, sites)
+        base, base_logits = cache.acts, cache.logits
+        check_finite(torch.cat([base_logits, src_logits]), "the logits of the base and source runs",
+                     lambda: locate_non_finite(mh, torch.cat([base_ids, src_ids])))
+    else:
+        (base, base_logits), (src, src_logits) = (cache_activations(mh, i, sites) for i in (base_ids, src_ids))
     clean_logits, bad_logits = (src_logits, base_logits) if direction == "denoise" else (base_logits, src_logits)
     norm = None
     if final_norm == "frozen":  # the base run's final norm input, output and frozen linear part
@@ -309,7 +315,9 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
             values[m][pair_idx, snd_idx, rcv_idx] = got[m].to(values[m].dtype).cpu()
 
     size = torch.finfo(f.dtype).bits // 8  # bytes per row: a forward, frozen values, reads
-    forward = size * (seq * (8 * f.d_model + 4 * f.n_heads * seq) + 3 * f.vocab_size)
+    # every metric: a row's vocabulary of logits lives ~8 times at once (the base run's, the
+    # receiver run's, the softmax and KL temporaries; measured on GPT-2 small, 1.56 MB a row)
+    forward = size * (seq * (8 * f.d_model + 4 * f.n_heads * seq) + (3 if two else 8) * f.vocab_size)
     frozen = size * seq * f.n_layers * (f.n_heads * f.d_head + f.d_model)
     slots = sorted({x.slot(f) for r in recv for x in r.pieces if r.kind != "logits"})
     read = size * seq * len(slots) * 3 * max(f.d_model, f.n_heads * f.d_head)
@@ -322,7 +330,7 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
     values = {m: torch.zeros(n, len(send), len(recv), dtype=base_logits.dtype) for m in metrics}
     jobs = [(i, k) for k in range(len(send)) for i in range(n)]
     if method == "fast":  # no sender forward pass; receiver runs from the cached base run
-        for cells in path_logits(mh, base_ids, base, src, send, recv, pairs.first_difference,
+        for cells in path_logits(mh, cache, src, send, recv, pairs.first_difference,
                                  chunks(jobs, forward), norm, cols if two else None):
             store(*cells)
     recorded: dict[tuple, torch.Tensor] = {}  # (receiver, part) -> [n, n_senders, positions, width]
