@@ -200,10 +200,10 @@ def cache_runs(model: Any, base_ids: torch.Tensor, source_ids: torch.Tensor | No
             _, k, v = blocks.qkv(layer, resid[:n, layer].reshape(n * seq, -1), positions)
             keys.append(k.view(n, seq, f.n_kv_heads, f.d_head).transpose(1, 2))
             values.append(v.view(n, seq, f.n_kv_heads, f.d_head).transpose(1, 2))
-    acts = [{key: read[key][part] for key in read} for part in (slice(0, n), slice(n, None))]
-    for (site, layer), part in itertools.product(sites, (0, 1)):
+    halves = (slice(0, n), slice(n, None))  # the base run's rows, the source run's
+    acts = [{key: read[key][rows] for key in read} for rows in halves]
+    for (site, layer), (part, rows) in itertools.product(sites, enumerate(halves)):
         if site in ("embed", "resid", "head"):
-            rows = slice(0, n) if part == 0 else slice(n, None)
             acts[part][(site, layer)] = (z[rows, layer] if site == "head" else
                                          resid[rows, 0 if site == "embed" else layer + 1])
     base = BaseCache(resid[:n], torch.stack(keys, 1), torch.stack(values, 1), z[:n], logits[:n], acts[0])

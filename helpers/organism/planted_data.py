@@ -14,6 +14,7 @@ import torch
 
 from helpers.data.prompts import (FILLERS, HELDOUT_TEMPLATES, NAMES, OBJECTS, PLACES,
                                   TRAIN_TEMPLATES, ioi_prompt)
+from helpers.organism.train_ioi import check_heldout_words
 from helpers.organism.training import SPECIALS, WORD_RE, pad_batch
 
 N_LAYER, N_HEAD, D_MODEL = 4, 4, 64
@@ -85,10 +86,14 @@ HELDOUT_PARTS: tuple[str, ...] = ("arrived at the {place}", "were working at the
                                   "{S} handed a {object} to", "{S} wanted to give it to")
 
 
+def _names_after(intro: str) -> str:
+    """``intro`` then the two names (just the names for an empty intro)."""
+    return f"{intro} {{A}} and {{B}}" if intro else "{A} and {B}"
+
+
 def generated_template(rng: random.Random) -> str:
     """A random generated training template (see ``INTROS`` ...)."""
-    intro = rng.choice(INTROS)
-    head = f"{intro} {{A}} and {{B}}" if intro else "{A} and {B}"
+    head = _names_after(rng.choice(INTROS))
     return f"{head} {rng.choice(FIRST_CLAUSES)}{rng.choice(JOINS)}{rng.choice(S_CLAUSES)}"
 
 
@@ -104,11 +109,8 @@ def scrambled_template(rng: random.Random, words: list[str]) -> str:
 
 def all_generated_templates() -> list[str]:
     """Every template ``generated_template`` can draw."""
-    out = []
-    for intro in INTROS:
-        head = f"{intro} {{A}} and {{B}}" if intro else "{A} and {B}"
-        out += [f"{head} {f}{j}{c}" for f in FIRST_CLAUSES for j in JOINS for c in S_CLAUSES]
-    return out
+    return [f"{_names_after(i)} {f}{j}{c}" for i in INTROS for f in FIRST_CLAUSES for j in JOINS
+            for c in S_CLAUSES]
 
 #: Name-free sentences beyond ``FILLERS``.
 EXTRA_FILLERS: tuple[str, ...] = (
@@ -160,13 +162,7 @@ def check_split() -> None:
     parts = set(FIRST_CLAUSES) | set(S_CLAUSES)
     if parts & set(HELDOUT_PARTS) or not all(any(p in t for t in HELDOUT_TEMPLATES) for p in HELDOUT_PARTS):
         raise ValueError("generated parts must leave out exactly the held-out templates' clauses")
-    seen: set[str] = set()
-    for text in TRAINING_TEMPLATES + TRAINING_FILLERS:
-        seen |= set(WORD_RE.findall(re.sub(r"\{\w+\}", " ", text)))
-    for text in HELDOUT_TEMPLATES:
-        new = set(WORD_RE.findall(re.sub(r"\{\w+\}", " ", text))) - seen
-        if new:
-            raise ValueError(f"held-out template {text!r} uses unseen words {new}")
+    check_heldout_words(TRAINING_TEMPLATES + TRAINING_FILLERS)
 
 
 # --------------------------------------------------------------------------- data

@@ -24,6 +24,7 @@ import random
 import re
 from itertools import combinations
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -49,10 +50,11 @@ def vocabulary() -> list[str]:
     return list(SPECIALS) + sorted(words)
 
 
-def check_heldout_words() -> None:
-    """Held-out templates must be new combinations of words seen in training."""
-    seen = set()
-    for text in TRAIN_TEMPLATES + FILLERS:
+def check_heldout_words(training: Sequence[str] = TRAIN_TEMPLATES + FILLERS) -> None:
+    """Held-out templates must be new combinations of words seen in ``training`` (the templates
+    and filler sentences trained on)."""
+    seen: set[str] = set()
+    for text in training:
         seen |= set(WORD_RE.findall(re.sub(r"\{\w+\}", " ", text)))
     for text in HELDOUT_TEMPLATES:
         new = set(WORD_RE.findall(re.sub(r"\{\w+\}", " ", text))) - seen
