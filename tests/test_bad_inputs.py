@@ -177,7 +177,9 @@ def test_a_nan_weight_is_reported_at_the_first_non_finite_site(broken, pairs):
     for call in (lambda: H.ioi_accuracy(broken, H.random_ioi_prompts(4)),
                  lambda: H.top_predictions(broken, pairs.clean[0]),
                  lambda: H.attribution_patching(broken, pairs),
-                 lambda: H.patch_heads(broken, pairs, method="batched")):
+                 lambda: H.patch_heads(broken, pairs, method="batched"),
+                 lambda: H.path_patch(broken, pairs, "heads", "logits"),
+                 lambda: H.ablate(broken, pairs, "L0H0", "mean")):
         with pytest.raises(NonFiniteError, match="block 1 MLP output"):
             call()
 

@@ -20,13 +20,13 @@ with L0 <= L) are a prefix of it.  Every position-wise step (norms, projections,
 one matrix product over that prefix, whatever the rows' widths; only attention goes through
 a padded ``[rows, positions, ...]`` layout (a row's missing early positions are padding whose
 outputs are never read), with the cached keys and values in front.  One unembedding then
-serves every row.  A block is recomputed from the model's own submodules, with the causal
-softmax attention written out (``helpers.engine.fastablate`` edits its weights): GPT-2 (``ln_1``, ``c_attn``, ``c_proj``, ``ln_2``, ``mlp``) and Llama-style models
-(RMSNorm, rotary positions, grouped-query attention, optional per-head q/k norms as in
-Qwen3, gated MLP: Llama, SmolLM2, Qwen2, Qwen3, Mistral).  Other families run the batched
-path.  ``tests/`` check every sweep against an independent hook-based reference.  ``run_rows``
-also patches given values into a head's query / key / value or an MLP's input: path patching's
-receiver runs (``helpers.engine.fastpaths``).
+serves every row.  A block is recomputed from the model's own submodules, with the causal softmax
+attention written out (``helpers.engine.fastablate`` edits its weights): GPT-2 (``ln_1``,
+``c_attn``, ``c_proj``, ``ln_2``, ``mlp``) and Llama-style models (RMSNorm, rotary positions,
+grouped-query attention, optional per-head q/k norms as in Qwen3, gated MLP: Llama, SmolLM2, Qwen2,
+Qwen3, Mistral).  Other families run the batched path.  ``tests/`` check every sweep against an
+independent hook-based reference.  ``run_rows`` also patches given values into a head's query /
+key / value or an MLP's input: path patching's receiver runs (``helpers.engine.fastpaths``).
 """
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ from typing import Any, Callable, Sequence
 import nnsight
 import torch
 
+from helpers.base.validate import check_finite
+from helpers.engine.runs import locate_non_finite
 from helpers.models.anatomy import ModelAnatomy
 from helpers.models.loaded import handle
 
@@ -176,7 +178,7 @@ def cache_runs(model: Any, base_ids: torch.Tensor, source_ids: torch.Tensor | No
     mh = handle(model)
     f, (n, seq) = mh.anatomy, base_ids.shape
     ids = base_ids if source_ids is None else torch.cat([base_ids, source_ids.to(base_ids.device)])
-    outputs = {}  # layer -> [(key, module, kind)]: attention / MLP outputs only the source needs
+    outputs = {}  # layer -> [(key, module, kind)]: the attention / MLP outputs ``sites`` asks for
     for key in sorted({k for k in sites if k[0] in ("attn", "mlp")}, key=lambda k: f.order(*k)):
         outputs.setdefault(key[1], []).append((key, *f.site(mh.model, *key)))
     mods = [(f.block(mh.model, layer), f.o_proj(mh.model, layer), outputs.get(layer, ()))
@@ -191,9 +193,10 @@ def cache_runs(model: Any, base_ids: torch.Tensor, source_ids: torch.Tensor | No
                 read[key] = (mod.output[0] if kind == "output0" else mod.output).clone()
         resid.append(mods[-1][0].output.clone().save())
         logits = f.unembed(mh.model).output[:, -1].clone().save()
-    logits, resid, z = f.logits(logits), torch.stack(resid, 1), torch.stack(z, 1)
-    blocks = Blocks(mh.hf, f)
-    positions = torch.arange(seq, device=resid.device).repeat(n)
+    logits = check_finite(f.logits(logits), "the logits of the unpatched and source runs",
+                          lambda: locate_non_finite(mh, ids))  # as cache_activations checks its own
+    resid, z = torch.stack(resid, 1), torch.stack(z, 1)
+    blocks, positions = Blocks(mh.hf, f), torch.arange(seq, device=resid.device).repeat(n)
     keys, values = [], []
     with torch.no_grad():
         for layer in range(f.n_layers):
@@ -292,10 +295,8 @@ def _run_packed(blocks: Blocks, base: BaseCache, source: dict, plans: list, star
     """The final residual stream at the last position, ``[rows, d_model]``, of rows sorted by
     their start block (``start_layers`` non-decreasing; within a block, the rows starting
     after its attention last); ``inputs`` and ``after`` as in ``run_rows``."""
-    f = blocks.f
+    f, dev, rows = blocks.f, base.resid.device, len(plans)
     n_layers, last = f.n_layers, f.n_layers - 1
-    dev = base.resid.device
-    rows = len(plans)
     widths = [seq - p for p in start_positions]
     row_start = [0, *itertools.accumulate(widths)]
     tok_row = torch.repeat_interleave(torch.arange(rows, device=dev), torch.tensor(widths, device=dev))

@@ -72,12 +72,12 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from helpers.base.validate import as_count, check_finite, norm_index
+from helpers.base.validate import as_count, norm_index
 from helpers.data.prompts import PromptPairs
 from helpers.engine.fastpatch import cache_runs, supports_fast_path
 from helpers.engine.fastpaths import path_logits
 from helpers.engine.memory import sweep_budget_mb
-from helpers.engine.runs import cache_activations, check_pairs, locate_non_finite
+from helpers.engine.runs import cache_activations, check_pairs
 from helpers.methods.path_runs import frozen_receiver_run, receiver_run, sender_run
 from helpers.models.loaded import handle
 from helpers.results.metrics import METRICS, Metric, metrics_of
@@ -287,8 +287,6 @@ def path_patch(model: Any, pairs: PromptPairs, senders: str | Sequence[str],
     if method == "fast":  # both runs in one forward; the base run's cache serves the receiver runs
         cache, src, src_logits = cache_runs(mh, base_ids, src_ids, sites)
         base, base_logits = cache.acts, cache.logits
-        check_finite(torch.cat([base_logits, src_logits]), "the logits of the base and source runs",
-                     lambda: locate_non_finite(mh, torch.cat([base_ids, src_ids])))
     else:
         (base, base_logits), (src, src_logits) = (cache_activations(mh, i, sites) for i in (base_ids, src_ids))
     clean_logits, bad_logits = (src_logits, base_logits) if direction == "denoise" else (base_logits, src_logits)

@@ -136,9 +136,7 @@ def sweep(model: Any, pairs: PromptPairs, patch_sets: Sequence[Sequence[Patch]],
     if method == "fast" and (remote or not supports_fast_path(mh, seq)):
         method = "batched"  # the fast path computes blocks from the weights, here
     if method == "fast":  # both runs in one traced forward
-        base_cache, source, src_logits = cache_runs(mh, base_ids, src_ids, needed)
-        for ids, logits, run in ((src_ids, src_logits, "source"), (base_ids, base_cache.logits, "unpatched")):
-            check_finite(logits, f"the logits of the {run} run", lambda ids=ids: locate_non_finite(mh, ids))
+        base_cache, source, src_logits = cache_runs(mh, base_ids, src_ids, needed)  # checks its logits
     else:
         base_cache, (source, src_logits) = None, cache_activations(mh, src_ids, needed)
     base_logits = base_cache.logits if base_cache else cache_activations(mh, base_ids, [])[1]
