@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import torch
 
+from helpers.base.fmt import head_name
 from helpers.circuits.readouts import attention_to_roles, direct_logit_attribution
 from helpers.data.prompts import NAMES, ioi_pairs, random_ioi_prompts
 from helpers.engine.runs import Patch, cache_activations, run_with_patches
@@ -98,9 +99,9 @@ def planted_spec(folder: str | Path = "ioi-planted") -> PlantedSpec:
                        list(record["heldout_templates"]))
 
 
-def head_name(head: tuple[int, int]) -> str:
-    """``(2, 0)`` -> ``"L2H0"``."""
-    return f"L{head[0]}H{head[1]}"
+def _name(head: tuple[int, int]) -> str:
+    """``(2, 0)`` -> ``"L2H0"`` (``helpers.base.fmt.head_name`` of a (block, head) pair)."""
+    return head_name(*head)
 
 
 def pair_sets(tokenizer: Any, n: int = 16, seed: int = 0) -> list:
@@ -144,7 +145,7 @@ def _measure(mh: ModelHandle, spec: PlantedSpec, n_accuracy: int, n_pairs: int) 
     heads, mlps, clean_ld, corrupt_ld = [], [], [], []
     paths: dict[str, list] = {}
     att, att_abl, dla, dla_abl, abl = [], [], [], [], []
-    nmn, bkn, negn, decn = (head_name(h) for h in (nm, bk, neg, dec))
+    nmn, bkn, negn, decn = (_name(h) for h in (nm, bk, neg, dec))
     ablation_sets = [[nmn], [nmn, bkn], [bkn], [negn], [decn]]
     resample_sets = [[nmn], [nmn, bkn]]
     abl_res, abl_zero, gate = [], [], []
@@ -226,7 +227,7 @@ def _gate_held(mh: ModelHandle, pairs: Any, nm: tuple[int, int], bk: tuple[int, 
     """Mean logit difference of the clean prompts with the name mover mean-ablated while the MLP
     of its block keeps its ordinary (name mover present) output: if that MLP is the backup's gate,
     the backup stays silent and the logit difference falls as with the backup ablated too."""
-    source = ablation_source(mh, pairs, [head_name(nm)], "mean")
+    source = ablation_source(mh, pairs, [_name(nm)], "mean")
     kept, _ = cache_activations(mh, pairs.clean_ids, [("mlp", nm[0])])
     source[("mlp", nm[0])] = kept[("mlp", nm[0])]
     patches = [Patch("head", nm[0], None, nm[1]), Patch("mlp", nm[0])]
@@ -257,7 +258,7 @@ def check_planted(model: Any, folder: str | Path = "ioi-planted", n_accuracy: in
     dt, si, nm = cast["duplicate_token"], cast["s_inhibition"], cast["name_mover"]
     neg, bk, dec = cast["negative_name_mover"], cast["backup_name_mover"], cast["decoy"]
     heads, dla, dla_abl = m["heads"], m["dla"], m["dla_nm_ablated"]
-    n = head_name
+    n = _name
     c: dict[str, dict] = {}
     c["accuracy_heldout_pairs"] = _criterion(m["accuracy_heldout_pairs"]["io_over_s"], ">=",
                                              t["accuracy_heldout_pairs"])
